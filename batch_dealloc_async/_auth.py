@@ -1,0 +1,259 @@
+"""Authentication: Shared Key signing, the token-credential protocol, and the client's token cache.
+
+Two ways in, both behind one seam the client calls per attempt:
+
+* :class:`SharedKeyCredential` signs each request (``Authorization: SharedKey account:signature``) by the
+  documented algorithm (reference sheet section 6).
+* Anything shaped like azure-core's ``AsyncTokenCredential`` (``await get_token(*scopes)`` returning an object
+  with ``.token`` and ``.expires_on``) gives Bearer tokens. The msal-based credentials in :mod:`._identity`
+  are such objects, and so is azure-identity's ``DefaultAzureCredential``. :class:`TokenCache` holds the
+  token: single-flight acquisition, refresh ahead of expiry, invalidation after a ``401``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import math
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+
+import attrs
+
+from ._errors import CredentialError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+__all__ = [
+    "BATCH_SCOPE",
+    "AccessToken",
+    "AccessTokenLike",
+    "AsyncTokenCredentialLike",
+    "SharedKeyCredential",
+    "TokenCache",
+    "string_to_sign",
+]
+
+_log = logging.getLogger(__name__)
+
+BATCH_SCOPE: Final = "https://batch.core.windows.net//.default"
+"""The OAuth scope of the Batch data plane (the double slash is the service's own)."""
+
+
+@runtime_checkable
+class AccessTokenLike(Protocol):
+    """What a token credential returns (azure-core's ``AccessToken`` satisfies it)."""
+
+    @property
+    def token(self) -> str:
+        """The bearer token."""
+        ...
+
+    @property
+    def expires_on(self) -> int:
+        """Expiry as seconds since the Unix epoch."""
+        ...
+
+
+@runtime_checkable
+class AsyncTokenCredentialLike(Protocol):
+    """azure-core's ``AsyncTokenCredential`` protocol, reduced to what this library calls.
+
+    azure-identity's async credentials (``DefaultAzureCredential`` and friends) satisfy it, so this
+    package never depends on azure-identity.
+    """
+
+    async def get_token(self, *scopes: str) -> AccessTokenLike:
+        """Return a token valid for ``scopes``."""
+        ...
+
+
+@attrs.frozen
+class AccessToken:
+    """A bearer token and its expiry (epoch seconds); the token never appears in the repr."""
+
+    token: str = attrs.field(repr=False)
+    expires_on: int
+
+
+_SIGNED_HEADER_SLOTS: Final = 11  # Content-Encoding ... Range; Content-Length is slot 3, Content-Type slot 5
+
+
+def string_to_sign(
+    method: str,
+    account_name: str,
+    encoded_path: str,
+    query: Iterable[tuple[str, str]],
+    *,
+    ocp_headers: Iterable[tuple[str, str]],
+    content_length: str = "",
+    content_type: str = "",
+    lowercase_query_names: bool = True,
+) -> str:
+    """The Shared Key StringToSign of a Batch request.
+
+    Args:
+        method: The HTTP verb, upper case.
+        account_name: The Batch account name.
+        encoded_path: The URL path exactly as sent (percent-encoded).
+        query: The query parameters as (name, URL-decoded value) pairs.
+        ocp_headers: The ``ocp-*`` headers sent (``ocp-date`` at least).
+        content_length: The Content-Length slot: the body's byte count, ``"0"`` for a bodiless POST, and
+            empty for GET.
+        content_type: The exact Content-Type header sent, or empty.
+        lowercase_query_names: Lower-case parameter names as the docs and the Java SDK do; the Python
+            SDK does not (it only matters for ``timeOut``).
+
+    Returns:
+        The string whose HMAC-SHA256 is the signature.
+    """
+    slots = [""] * _SIGNED_HEADER_SLOTS
+    slots[2] = content_length
+    slots[4] = content_type
+    parts = [method, "\n", "\n".join(slots), "\n"]
+    parts.extend(f"{name.lower()}:{value}\n" for name, value in sorted((n.lower(), v) for n, v in ocp_headers))
+    parts.append(f"/{account_name}{encoded_path}")
+    grouped: dict[str, list[str]] = {}
+    for name, value in query:
+        if value:
+            grouped.setdefault(name.lower() if lowercase_query_names else name, []).append(value)
+    parts.extend(f"\n{name}:{','.join(sorted(values))}" for name, values in sorted(grouped.items()))
+    return "".join(parts)
+
+
+class SharedKeyCredential:
+    """A Batch account name and key, used to sign every request (Shared Key authentication).
+
+    Args:
+        account_name: The Batch account name.
+        account_key: The account's primary or secondary key (base64). It is kept decoded in memory and
+            never shown in a repr, a log line or an error message.
+        lowercase_query_names: See :func:`string_to_sign`; keep the default unless your endpoint expects
+            the Python SDK's case-preserving form for ``timeOut``.
+    """
+
+    __slots__ = ("_key", "account_name", "lowercase_query_names")
+
+    def __init__(self, account_name: str, account_key: str, *, lowercase_query_names: bool = True) -> None:
+        if not isinstance(account_name, str) or not account_name or any(c in account_name for c in " :/\n\r\t"):
+            raise ValueError("account_name must be a non-empty Batch account name")
+        if not isinstance(account_key, str) or not account_key:
+            raise ValueError("account_key must be a non-empty base64 string")
+        try:
+            key = base64.b64decode(account_key, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("account_key is not valid base64") from None
+        if not key:
+            raise ValueError("account_key decodes to an empty key")
+        self.account_name = account_name
+        self.lowercase_query_names = lowercase_query_names
+        self._key = key
+
+    def __repr__(self) -> str:
+        return f"SharedKeyCredential(account_name={self.account_name!r}, account_key=<redacted>)"
+
+    def signature(self, string: str) -> str:
+        """Base64 HMAC-SHA256 of ``string`` under the account key."""
+        return base64.b64encode(hmac.new(self._key, string.encode(), hashlib.sha256).digest()).decode()
+
+    def authorization(self, string: str) -> str:
+        """The ``Authorization`` header value for a request whose StringToSign is ``string``."""
+        return f"SharedKey {self.account_name}:{self.signature(string)}"
+
+
+_DEFAULT_REFRESH_MARGIN: Final = 300.0  # seconds before expiry, as azure-core's bearer policy
+_STILL_USABLE_MARGIN: Final = 30.0  # an old token this far from expiry may serve while another task refreshes
+
+
+class TokenCache:
+    """Holds one bearer token for a client: single-flight, refreshed ahead of expiry, dropped after a 401.
+
+    Args:
+        credential: Any :class:`AsyncTokenCredentialLike`.
+        scope: The scope to ask for.
+        wall_clock: Seconds since the epoch (``time.time``); injectable for tests.
+        refresh_margin: Refresh this many seconds before ``expires_on``.
+    """
+
+    __slots__ = (
+        "_credential",
+        "_expires_on",
+        "_lock",
+        "_refresh_at",
+        "_refresh_margin",
+        "_scope",
+        "_token",
+        "_wall_clock",
+    )
+
+    def __init__(
+        self,
+        credential: AsyncTokenCredentialLike,
+        *,
+        scope: str,
+        wall_clock: Callable[[], float],
+        refresh_margin: float = _DEFAULT_REFRESH_MARGIN,
+    ) -> None:
+        self._credential = credential
+        self._scope = scope
+        self._wall_clock = wall_clock
+        self._token: str | None = None
+        self._expires_on = 0.0
+        self._refresh_at = 0.0
+        self._lock: asyncio.Lock | None = None
+        self._refresh_margin = refresh_margin
+
+    def __repr__(self) -> str:
+        return f"TokenCache(credential={type(self._credential).__name__}, scope={self._scope!r})"
+
+    async def get(self) -> str:
+        """A valid token, acquiring or refreshing it when needed (one acquisition at a time)."""
+        token = self._token
+        now = self._wall_clock()
+        if token is not None and now < self._refresh_at:
+            return token
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        if token is not None and self._lock.locked() and now < self._expires_on - _STILL_USABLE_MARGIN:
+            return token  # a refresh is under way and the current token is still good
+        async with self._lock:
+            token = self._token
+            now = self._wall_clock()
+            if token is not None and now < self._refresh_at:
+                return token
+            return await self._acquire(token, now)
+
+    async def _acquire(self, old: str | None, now: float) -> str:
+        try:
+            fresh = await self._credential.get_token(self._scope)
+            token, expires_on = fresh.token, float(fresh.expires_on)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if old is not None and now < self._expires_on - _STILL_USABLE_MARGIN:
+                _log.warning("token refresh failed (%s); using the current token until it expires", type(exc).__name__)
+                return old
+            if isinstance(exc, CredentialError):
+                raise
+            raise CredentialError(f"{type(exc).__name__} while acquiring a token for {self._scope}") from exc
+        if not isinstance(token, str) or not token:
+            raise CredentialError("the credential returned an empty token")
+        if not math.isfinite(expires_on):
+            expires_on = now + self._refresh_margin
+        self._token = token
+        self._expires_on = expires_on
+        # A short-lived token is refreshed at half its life rather than at once, every time.
+        lifetime = max(0.0, expires_on - now)
+        self._refresh_at = expires_on - min(self._refresh_margin, lifetime / 2)
+        _log.debug("acquired a token for %s, valid for %.0f s", self._scope, lifetime)
+        return token
+
+    def invalidate(self, token: str) -> None:
+        """Drop ``token`` after the service refused it; a newer token (already refreshed) is kept."""
+        if self._token == token:
+            self._token = None
+            self._refresh_at = 0.0

@@ -1,0 +1,715 @@
+"""The async client: one aiohttp session, one limiter, one retry loop per call."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import random
+import ssl as ssl_module
+import time
+import uuid
+from datetime import datetime
+import re
+from typing import TYPE_CHECKING, Final, Self, TypeVar
+
+import aiohttp
+import cattrs
+import yarl
+
+from . import _request as rq
+from ._auth import BATCH_SCOPE, AsyncTokenCredentialLike, SharedKeyCredential, TokenCache, string_to_sign
+from ._converter import load_model
+from ._errors import (
+    AuthenticationError,
+    BatchDeallocError,
+    BatchServiceError,
+    BatchTimeoutError,
+    BatchTransportError,
+    ConflictError,
+    ServerError,
+    ThrottledError,
+    service_error_class,
+)
+from ._limiter import AdaptiveLimiter
+from ._models import (
+    BatchNode,
+    BatchNodeDeallocateOption,
+    BatchNodeDeallocateOptions,
+    BatchNodeListResult,
+    BatchNodeState,
+    DeallocateResult,
+)
+from ._retry import RetryPolicy, build_retrying, parse_retry_after
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+    from types import TracebackType
+
+    import tenacity
+    from multidict import CIMultiDictProxy
+
+__all__ = ["BatchDeallocClient", "ClientStats"]
+
+_log = logging.getLogger("batch_dealloc_async")
+
+_ERROR_BODY_CAP: Final = 64 * 1024  # an error body beyond this is not read (a 50 MB HTML page stays on the wire)
+_SUCCESS_BODY_CAP: Final = 32 * 1024 * 1024  # a full page of 1,000 nodes is a few MB
+_SKIP_WITHOUT_BODY: Final = frozenset({"Content-Type"})  # aiohttp would add application/octet-stream
+_RECONCILED_STATES: Final = frozenset({BatchNodeState.DEALLOCATING, BatchNodeState.DEALLOCATED})
+_USER_AGENT: Final = f"batch-dealloc-async/0.1.0 aiohttp/{aiohttp.__version__}"
+DEFAULT_MAX_CONCURRENCY: Final = 64
+_GUID_RE: Final = re.compile(r"^[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$")
+_T = TypeVar("_T")
+
+
+class _State(enum.Enum):
+    UNOPENED = enum.auto()
+    OPENED = enum.auto()
+    CLOSED = enum.auto()
+
+
+class ClientStats:
+    """Counters of what a client (or one bulk run) sent.
+
+    Attributes:
+        requests: Requests sent (every attempt counts).
+        retries: Attempts after the first of a call.
+        throttled: Responses that were throttling (429, 503 ServerBusy).
+    """
+
+    __slots__ = ("requests", "retries", "throttled")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.retries = 0
+        self.throttled = 0
+
+    def __repr__(self) -> str:
+        return f"ClientStats(requests={self.requests}, retries={self.retries}, throttled={self.throttled})"
+
+
+class _Call:
+    """Per-call bookkeeping across attempts (azure-core's settings dict, made explicit and small)."""
+
+    __slots__ = ("ambiguous", "attempts", "client_request_id", "refreshed", "run", "token", "what")
+
+    def __init__(self, client_request_id: str, run: ClientStats | None, what: str) -> None:
+        self.client_request_id = client_request_id
+        self.run = run
+        self.what = what
+        self.attempts = 0
+        self.ambiguous = False  # an attempt may have taken effect without us seeing the answer
+        self.refreshed = False  # a 401 already forced one token refresh
+        self.token: str | None = None
+
+
+class _Reply:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+def _ssl_context(ssl: ssl_module.SSLContext | str | os.PathLike[str] | None) -> ssl_module.SSLContext | bool:
+    if ssl is None:
+        return True  # aiohttp's default: verify against the system store
+    if isinstance(ssl, ssl_module.SSLContext):
+        return ssl
+    return ssl_module.create_default_context(cafile=ssl)
+
+
+class BatchDeallocClient:
+    """Deallocates Azure Batch compute nodes; use as ``async with BatchDeallocClient(...) as client``.
+
+    The constructor only checks and stores its arguments (no I/O, no event loop needed); entering the
+    context creates the aiohttp session, inside the running loop.
+
+    Args:
+        endpoint: The account URL, e.g. ``https://myaccount.westus.batch.azure.com`` (plain http only for a
+            loopback host, such as the local emulator).
+        credential: A :class:`SharedKeyCredential`, or any token credential (``await get_token(*scopes)``):
+            the msal-based credentials of this package, or azure-identity's.
+        retry: The retry policy of every call.
+        max_concurrency: The most requests in flight at once, shared by everything this client sends. The
+            owned connector is sized to it.
+        adaptive: Shrink the window and pace the sending rate when the service throttles (default), or keep
+            a fixed limit of ``max_concurrency``.
+        session: An aiohttp session to use instead of an owned one; the client never closes it.
+        api_version: The service api-version.
+        ssl: A CA bundle path or an ``ssl.SSLContext`` for an owned session; certificates are always
+            verified.
+        user_agent: Prepended to this library's User-Agent.
+        clock: Monotonic seconds, for deadlines and pacing (for tests and simulations).
+        sleep: Awaitable sleep, for backoff and pacing (for tests and simulations).
+        wall_clock: Epoch seconds, for ``ocp-date`` and token expiry (for tests and simulations).
+        rng: Source of backoff jitter (seed it to replay a run).
+
+    Raises:
+        ValueError: a bad endpoint, api-version or limit.
+        TypeError: a credential that is neither a Shared Key nor a token credential.
+    """
+
+    __slots__ = (
+        "_api_version",
+        "_clock",
+        "_endpoint",
+        "_limiter",
+        "_owns_session",
+        "_retry",
+        "_rng",
+        "_session",
+        "_shared_key",
+        "_sleep",
+        "_ssl",
+        "_state",
+        "_tokens",
+        "_user_agent",
+        "_wall_clock",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        endpoint: str,
+        credential: SharedKeyCredential | AsyncTokenCredentialLike,
+        *,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        adaptive: bool = True,
+        session: aiohttp.ClientSession | None = None,
+        api_version: str = rq.DEFAULT_API_VERSION,
+        ssl: ssl_module.SSLContext | str | os.PathLike[str] | None = None,
+        user_agent: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._endpoint = rq.validate_endpoint(endpoint)
+        self._api_version = rq.validate_api_version(api_version)
+        self._retry = retry if retry is not None else RetryPolicy()
+        if not isinstance(self._retry, RetryPolicy):
+            raise TypeError("retry must be a RetryPolicy")
+        self._shared_key: SharedKeyCredential | None = None
+        self._tokens: TokenCache | None = None
+        if isinstance(credential, SharedKeyCredential):
+            self._shared_key = credential
+        elif callable(getattr(credential, "get_token", None)):
+            self._tokens = TokenCache(credential, scope=BATCH_SCOPE, wall_clock=wall_clock)
+        else:
+            raise TypeError("credential must be a SharedKeyCredential or have an async get_token(*scopes)")
+        self._limiter = AdaptiveLimiter(max_concurrency, adaptive=adaptive, clock=clock, sleep=sleep)
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise TypeError("session must be an aiohttp.ClientSession")
+        self._session = session
+        self._owns_session = session is None
+        self._ssl = _ssl_context(ssl)
+        self._user_agent = f"{user_agent} {_USER_AGENT}" if user_agent else _USER_AGENT
+        self._clock = clock
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311 (jitter, not cryptography)
+        self._state = _State.UNOPENED
+        self.stats = ClientStats()
+
+    def __repr__(self) -> str:
+        auth = "SharedKey" if self._shared_key is not None else "token"
+        return f"BatchDeallocClient(endpoint={self._endpoint.base!r}, auth={auth}, limiter={self._limiter!r})"
+
+    @property
+    def endpoint(self) -> str:
+        """The account endpoint."""
+        return self._endpoint.base
+
+    @property
+    def limiter(self) -> AdaptiveLimiter:
+        """The client's limiter (read its ``limit``, ``rate`` and ``in_flight`` for progress displays)."""
+        return self._limiter
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The retry policy of every call."""
+        return self._retry
+
+    async def __aenter__(self) -> Self:
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError("a BatchDeallocClient cannot be reopened; create a new one")
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._limiter.max_concurrency, limit_per_host=0, ssl=self._ssl, enable_cleanup_closed=False
+            )
+            self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+        self._state = _State.OPENED
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the owned session (idempotent); a session passed in is left open."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+
+    def _check_open(self) -> aiohttp.ClientSession:
+        if self._state is not _State.OPENED or self._session is None:
+            state = "closed" if self._state is _State.CLOSED else "not opened"
+            raise RuntimeError(f"the client is {state}; use it inside 'async with BatchDeallocClient(...)'")
+        return self._session
+
+    # ----------------------------------------------------------------------------------------- operations
+
+    async def deallocate_node(
+        self,
+        pool_id: str,
+        node_id: str,
+        *,
+        option: BatchNodeDeallocateOption | BatchNodeDeallocateOptions | str | None = None,
+        timeout: int | None = None,
+        client_request_id: str | None = None,
+        return_client_request_id: bool = True,
+        ocp_date: datetime | None = None,
+    ) -> DeallocateResult:
+        """Deallocate one compute node (``POST .../pools/{poolId}/nodes/{nodeId}/deallocate``).
+
+        Args:
+            pool_id: The pool.
+            node_id: The node; it must be ``idle`` or ``running``.
+            option: What to do with running tasks; ``None`` sends no body and the service applies
+                ``requeue``. ``retaineddata`` is deprecated and warns.
+            timeout: Seconds the service may spend (``timeOut``, 1..30); the client waits that plus the
+                policy's margin for each attempt.
+            client_request_id: The GUID to send on every attempt; generated when not given.
+            return_client_request_id: Ask the service to echo the id (and check the echo).
+            ocp_date: An aware datetime for the ``ocp-date`` header of the first attempt only (later attempts
+                use a fresh date, so a long Retry-After never pushes a retry outside Shared Key's window).
+
+        Returns:
+            What the service answered, with the number of attempts.
+
+        Raises:
+            ValueError: a bad id, option or timeout (nothing was sent).
+            ConflictError: the node is not idle or running (and no earlier ambiguous attempt of this call
+                explains it).
+            NotFoundError: no such pool or node.
+            AuthenticationError: the credential was refused.
+            ThrottledError, ServerError, BatchTransportError: still failing when the retries ran out.
+        """
+        pool_id = rq.validate_id("pool_id", pool_id, rq.POOL_ID_MAX)
+        node_id = rq.validate_id("node_id", node_id, rq.NODE_ID_MAX)
+        body = rq.deallocate_body(rq.resolve_option(option))
+        service_timeout = rq.validate_service_timeout(timeout)
+        request = self._deallocate_request(pool_id, node_id, body, service_timeout)
+        crid = _check_client_request_id(client_request_id)
+        if ocp_date is not None and (not isinstance(ocp_date, datetime) or ocp_date.tzinfo is None):
+            raise ValueError("ocp_date must be an aware datetime")
+        return await self._deallocate(
+            request, pool_id, node_id, service_timeout, crid, None,
+            echo=return_client_request_id, ocp_date=None if ocp_date is None else ocp_date.timestamp(),
+        )  # fmt: skip
+
+    def _deallocate_request(self, pool_id: str, node_id: str, body: bytes | None, timeout: int | None) -> rq.Request:
+        query = [("api-version", self._api_version)]
+        if timeout is not None:
+            query.append(("timeOut", str(timeout)))
+        return rq.Request.build(self._endpoint, "POST", ("pools", pool_id, "nodes", node_id, "deallocate"), query, body)
+
+    async def _deallocate(
+        self,
+        request: rq.Request,
+        pool_id: str,
+        node_id: str,
+        service_timeout: int | None,
+        client_request_id: str | None,
+        run: ClientStats | None,
+        *,
+        echo: bool = True,
+        ocp_date: float | None = None,
+    ) -> DeallocateResult:
+        call = _Call(client_request_id or str(uuid.uuid4()), run, f"deallocate {pool_id}/{node_id}")
+        try:
+            reply = await self._call(request, call, 202, service_timeout, echo=echo, ocp_date=ocp_date)
+        except ConflictError as exc:
+            if not call.ambiguous:
+                raise
+            return await self._reconcile(pool_id, node_id, call, exc)
+        headers = reply.headers
+        return DeallocateResult(
+            pool_id=pool_id,
+            node_id=node_id,
+            request_id=rq.header(headers, "request-id"),
+            client_request_id=call.client_request_id,
+            etag=rq.header(headers, "ETag"),
+            last_modified=rq.parse_http_date(headers.get("Last-Modified")),
+            data_service_id=rq.header(headers, "DataServiceId"),
+            attempts=call.attempts,
+        )
+
+    async def _reconcile(self, pool_id: str, node_id: str, call: _Call, conflict: ConflictError) -> DeallocateResult:
+        """An earlier attempt may have worked: a 409 then means 'already deallocating', not failure."""
+        _log.debug(
+            "deallocate %s/%s: 409 after an ambiguous attempt; confirming the node's state (client-request-id %s)",
+            pool_id, node_id, call.client_request_id,
+        )  # fmt: skip
+        request = rq.Request.build(
+            self._endpoint, "GET", ("pools", pool_id, "nodes", node_id),
+            [("api-version", self._api_version), ("$select", "id,state")],
+        )  # fmt: skip
+        check = _Call(str(uuid.uuid4()), call.run, f"get {pool_id}/{node_id}")
+        try:
+            reply = await self._call(request, check, 200, None)
+            node = _parse_json(reply.body, BatchNode, check)
+        except BatchDeallocError:
+            raise conflict from None
+        if node.state not in _RECONCILED_STATES:
+            raise conflict
+        return DeallocateResult(
+            pool_id=pool_id,
+            node_id=node_id,
+            request_id=rq.header(reply.headers, "request-id"),
+            client_request_id=call.client_request_id,
+            etag=rq.header(reply.headers, "ETag"),
+            last_modified=rq.parse_http_date(reply.headers.get("Last-Modified")),
+            attempts=call.attempts,
+            reconciled=True,
+        )
+
+    async def get_node(
+        self, pool_id: str, node_id: str, *, select: Iterable[str] | None = ("id", "state"), timeout: int | None = None
+    ) -> BatchNode:
+        """Read one node (``GET .../pools/{poolId}/nodes/{nodeId}``), by default only its id and state.
+
+        Raises:
+            ValueError: a bad id, select or timeout.
+            NotFoundError: no such pool or node.
+        """
+        pool_id = rq.validate_id("pool_id", pool_id, rq.POOL_ID_MAX)
+        node_id = rq.validate_id("node_id", node_id, rq.NODE_ID_MAX)
+        query = self._read_query(select, timeout)
+        request = rq.Request.build(self._endpoint, "GET", ("pools", pool_id, "nodes", node_id), query)
+        call = _Call(str(uuid.uuid4()), None, f"get {pool_id}/{node_id}")
+        reply = await self._call(request, call, 200, rq.validate_service_timeout(timeout))
+        return _parse_json(reply.body, BatchNode, call)
+
+    def _read_query(self, select: Iterable[str] | None, timeout: int | None) -> list[tuple[str, str]]:
+        query = [("api-version", self._api_version)]
+        if select is not None:
+            fields = [select] if isinstance(select, str) else list(select)
+            if not fields or not all(isinstance(f, str) and f.replace("/", "").isalnum() for f in fields):
+                raise ValueError(f"select must be property names such as ('id', 'state'), got {select!r}")
+            query.append(("$select", ",".join(fields)))
+        if (checked := rq.validate_service_timeout(timeout)) is not None:
+            query.append(("timeOut", str(checked)))
+        return query
+
+    async def list_nodes(
+        self,
+        pool_id: str,
+        *,
+        states: Iterable[str] | None = None,
+        select: Iterable[str] | None = ("id", "state"),
+        max_results: int = 1000,
+        timeout: int | None = None,
+    ) -> AsyncIterator[BatchNode]:
+        """Iterate a pool's nodes (``GET .../pools/{poolId}/nodes``), following ``odata.nextLink``.
+
+        Args:
+            pool_id: The pool.
+            states: Only nodes in these states (a ``$filter`` such as ``(state eq 'idle') or ...``).
+            select: The properties to return (``$select``); ``None`` for all.
+            max_results: Nodes per page, 1..1000 (the service's maximum).
+            timeout: Service-side ``timeOut`` of each page request.
+
+        Raises:
+            ValueError: bad arguments (before any request).
+            NotFoundError: no such pool.
+        """
+        pool_id = rq.validate_id("pool_id", pool_id, rq.POOL_ID_MAX)
+        if isinstance(max_results, bool) or not isinstance(max_results, int) or not 1 <= max_results <= 1000:  # noqa: PLR2004
+            raise ValueError(f"max_results must be an int of 1..1000, got {max_results!r}")
+        query = self._read_query(select, timeout)
+        query.append(("maxresults", str(max_results)))
+        if states is not None:
+            query.append(("$filter", state_filter(states)))
+        request = rq.Request.build(self._endpoint, "GET", ("pools", pool_id, "nodes"), query)
+        async for page in self._pages(request, pool_id, rq.validate_service_timeout(timeout), None):
+            for node in page.value:
+                yield node
+
+    async def _pages(
+        self, request: rq.Request, pool_id: str, service_timeout: int | None, run: ClientStats | None
+    ) -> AsyncIterator[BatchNodeListResult]:
+        while True:
+            call = _Call(str(uuid.uuid4()), run, f"list {pool_id}")
+            reply = await self._call(request, call, 200, service_timeout)
+            page = _parse_json(reply.body, BatchNodeListResult, call)
+            yield page
+            if not page.odata_next_link:
+                return
+            try:
+                request = rq.Request.from_link(self._endpoint, page.odata_next_link, self._api_version)
+            except ValueError as exc:
+                raise BatchTransportError(str(exc), client_request_id=call.client_request_id) from None
+
+    # ------------------------------------------------------------------------------------------ the wire
+
+    async def _call(
+        self,
+        request: rq.Request,
+        call: _Call,
+        expected: int,
+        service_timeout: int | None,
+        *,
+        echo: bool = True,
+        ocp_date: float | None = None,
+    ) -> _Reply:
+        session = self._check_open()
+        policy = self._retry
+        start = self._clock()
+        per_attempt = float(service_timeout or rq.MAX_SERVICE_TIMEOUT) + policy.timeout_margin
+        retrying = build_retrying(
+            policy,
+            start=start,
+            clock=self._clock,
+            sleep=self._sleep,
+            rng=self._rng,
+            retry_now=lambda exc: self._refresh_after(exc, call),
+            before_sleep=lambda state: self._before_sleep(state, call),
+        )
+        async for attempt in retrying:
+            with attempt:
+                remaining = policy.deadline - (self._clock() - start)
+                if remaining <= 0:
+                    raise BatchTimeoutError(
+                        f"{call.what}: deadline of {policy.deadline:g} s passed",
+                        client_request_id=call.client_request_id,
+                        attempts=call.attempts,
+                    )
+                date = ocp_date if ocp_date is not None and call.attempts == 0 else None
+                return await self._attempt(
+                    session, request, call, expected, min(per_attempt, remaining), echo=echo, ocp_date=date
+                )
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def _refresh_after(self, exc: BaseException, call: _Call) -> bool:
+        """A 401 (or 403 AuthenticationFailed) on a Bearer request: drop the token and resend once."""
+        if self._tokens is None or call.refreshed or not isinstance(exc, AuthenticationError):
+            return False
+        if exc.status != 401 and exc.code != "AuthenticationFailed":  # noqa: PLR2004 (HTTP status)
+            return False
+        call.refreshed = True
+        if call.token is not None:
+            self._tokens.invalidate(call.token)
+        return True
+
+    def _before_sleep(self, state: tenacity.RetryCallState, call: _Call) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        _log.debug(
+            "%s: attempt %d failed (%s); retrying in %.3f s (client-request-id %s)",
+            call.what, state.attempt_number, exc, state.upcoming_sleep, call.client_request_id,
+        )  # fmt: skip
+
+    async def _authorize(self, request: rq.Request, headers: dict[str, str], call: _Call) -> None:
+        key = self._shared_key
+        if key is not None:
+            body = request.body
+            to_sign = string_to_sign(
+                request.method,
+                key.account_name,
+                request.path,
+                request.query,
+                ocp_headers=(("ocp-date", headers["ocp-date"]),),
+                content_length="" if request.method == "GET" else str(len(body) if body is not None else 0),
+                content_type=rq.CONTENT_TYPE if body is not None else "",
+                lowercase_query_names=key.lowercase_query_names,
+            )
+            headers["Authorization"] = key.authorization(to_sign)
+            return
+        assert self._tokens is not None  # noqa: S101 (one of the two is always set)
+        token = await self._tokens.get()
+        call.token = token
+        headers["Authorization"] = f"Bearer {token}"
+
+    async def _attempt(
+        self,
+        session: aiohttp.ClientSession,
+        request: rq.Request,
+        call: _Call,
+        expected: int,
+        attempt_timeout: float,
+        *,
+        echo: bool,
+        ocp_date: float | None,
+    ) -> _Reply:
+        limiter = self._limiter
+        sent_at = await limiter.acquire()
+        try:
+            call.attempts += 1
+            self.stats.requests += 1
+            if call.run is not None:
+                call.run.requests += 1
+            if call.attempts > 1:
+                self.stats.retries += 1
+                if call.run is not None:
+                    call.run.retries += 1
+            headers = {
+                "client-request-id": call.client_request_id,
+                "ocp-date": rq.format_http_date(ocp_date if ocp_date is not None else self._wall_clock()),
+                "User-Agent": self._user_agent,
+            }
+            if echo:
+                headers["return-client-request-id"] = "true"
+            if request.body is not None:
+                headers["Content-Type"] = rq.CONTENT_TYPE
+            await self._authorize(request, headers, call)
+            reply = await self._exchange(session, request, headers, call, expected, attempt_timeout)
+        except ThrottledError as exc:
+            self.stats.throttled += 1
+            if call.run is not None:
+                call.run.throttled += 1
+            limiter.on_throttled(sent_at, exc.retry_after)
+            raise
+        finally:
+            limiter.release()
+        limiter.on_success()
+        if echo:
+            echoed = reply.headers.get("client-request-id")
+            if echoed is not None and echoed.lower() != call.client_request_id.lower():
+                call.ambiguous = True
+                raise BatchTransportError(
+                    f"{call.what}: the response echoes client-request-id {echoed[:64]!r}, not ours",
+                    client_request_id=call.client_request_id,
+                    attempts=call.attempts,
+                )
+        _log.debug(
+            "%s: %d on attempt %d (request-id %s, client-request-id %s)",
+            call.what, reply.status, call.attempts, reply.headers.get("request-id"), call.client_request_id,
+        )  # fmt: skip
+        return reply
+
+    async def _exchange(
+        self,
+        session: aiohttp.ClientSession,
+        request: rq.Request,
+        headers: dict[str, str],
+        call: _Call,
+        expected: int,
+        attempt_timeout: float,
+    ) -> _Reply:
+        try:
+            async with session.request(
+                request.method,
+                yarl.URL(request.url, encoded=True),
+                data=request.body,
+                headers=headers,
+                skip_auto_headers=_SKIP_WITHOUT_BODY if request.body is None else None,
+                timeout=aiohttp.ClientTimeout(total=attempt_timeout),
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                if status == expected:
+                    body = b"" if request.method != "GET" else await _read_capped(response, _SUCCESS_BODY_CAP)
+                    return _Reply(status, response.headers, body)
+                raw = await _read_capped(response, _ERROR_BODY_CAP)
+                raise self._service_error(status, response.headers, raw, call)
+        except BatchDeallocError:
+            raise
+        except aiohttp.ClientConnectorError as exc:
+            # Nothing reached the service: safe, and not ambiguous.
+            raise BatchTransportError(
+                f"{call.what}: cannot connect to {self._endpoint.netloc} ({type(exc).__name__})",
+                client_request_id=call.client_request_id,
+                attempts=call.attempts,
+            ) from exc
+        except TimeoutError as exc:
+            call.ambiguous = True
+            raise BatchTimeoutError(
+                f"{call.what}: no response within {attempt_timeout:.1f} s",
+                client_request_id=call.client_request_id,
+                attempts=call.attempts,
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            call.ambiguous = True
+            raise BatchTransportError(
+                f"{call.what}: {type(exc).__name__} from {self._endpoint.netloc}",
+                client_request_id=call.client_request_id,
+                attempts=call.attempts,
+            ) from exc
+
+    def _service_error(
+        self, status: int, headers: CIMultiDictProxy[str], raw: bytes, call: _Call
+    ) -> BatchServiceError:
+        error, snippet = rq.parse_error_body(raw, headers.get("Content-Type"))
+        retry_after = parse_retry_after(headers, now=self._wall_clock())
+        code = error.code if error is not None else None
+        cls = service_error_class(status, code, has_retry_after=retry_after is not None)
+        if cls is ServerError:
+            call.ambiguous = True  # a 5xx that is not throttling may come after the service acted
+        return cls(
+            status=status,
+            error=error,
+            request_id=rq.header(headers, "request-id"),
+            client_request_id=call.client_request_id,
+            attempts=call.attempts,
+            retry_after=retry_after,
+            snippet=snippet,
+        )
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """Read at most ``cap`` bytes of a body; the rest stays unread and the connection is then dropped."""
+    length = response.content_length
+    if length is not None and length <= cap:
+        return await response.read()
+    chunks: list[bytes] = []
+    total = 0
+    while total < cap:
+        chunk = await response.content.read(cap - total)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def _parse_json(body: bytes, cls: type[_T], call: _Call) -> _T:
+    try:
+        return load_model(json.loads(body), cls)
+    except (ValueError, TypeError, RecursionError, cattrs.BaseValidationError) as exc:
+        raise BatchTransportError(
+            f"{call.what}: the response body is not a valid {cls.__name__} ({type(exc).__name__})",
+            client_request_id=call.client_request_id,
+            attempts=call.attempts,
+        ) from None
+
+
+def _check_client_request_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _GUID_RE.match(value):
+        raise ValueError("client_request_id must be a GUID without braces, e.g. 9C4D50EE-2D56-4CD3-8152-34347DC9F2B0")
+    return value
+
+
+def state_filter(states: Iterable[str]) -> str:
+    """An OData ``$filter`` selecting nodes in any of ``states``, e.g. ``(state eq 'idle') or (state eq 'running')``.
+
+    Raises:
+        ValueError: no states, or a state that is not a lower-case word.
+    """
+    names = [states] if isinstance(states, str) else list(states)
+    if not names or not all(isinstance(s, str) and s.isalpha() and s.islower() for s in names):
+        raise ValueError(f"states must be node states such as ('idle', 'running'), got {states!r}")
+    unique = list(dict.fromkeys(names))
+    if len(unique) == 1:
+        return f"state eq '{unique[0]}'"
+    return " or ".join(f"(state eq '{s}')" for s in unique)

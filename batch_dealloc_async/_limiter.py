@@ -1,0 +1,256 @@
+"""One limiter per client: a concurrency window plus, once the service throttles, a sending rate.
+
+Everything a client sends takes a slot here, so the client reacts to throttling as one body:
+
+* **Concurrency (AIMD).** At most ``limit`` requests are in flight. A throttled response halves the limit
+  (once per congestion epoch); every success adds ``1/limit`` back, up to ``max_concurrency``.
+* **Pacing (CUBIC on the rate).** The first throttled response switches pacing on at ``beta`` times the
+  success rate measured over the last second (the rate the service actually granted). Later throttles cut the
+  rate again to ``beta`` times the smaller of the current rate and that measurement. Between cuts the rate
+  climbs back along a cubic curve: quickly up to the last rate that was throttled, flat around it, then
+  faster beyond it, as TCP CUBIC and the AWS SDKs' adaptive retry mode do.
+* **Epochs.** Responses to requests sent before the last cut say nothing about the new rate, so they never
+  cut again: one cut per round trip, as in TCP.
+
+A fixed limit (``adaptive=False``) keeps the window at ``max_concurrency`` and never paces. The clock and
+sleep are injected, so tests drive it without the network or wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+__all__ = ["AdaptiveLimiter"]
+
+_RATE_WINDOW: Final = 1.0  # seconds of successes behind the measured rate
+_MIN_SAMPLES: Final = 4  # fewer successes than this in the window say nothing about the rate
+
+
+class AdaptiveLimiter:
+    """Concurrency window plus adaptive pacing, shared by every request of one client.
+
+    Args:
+        max_concurrency: The most requests in flight, ever.
+        adaptive: False for a fixed limit: no pacing, no window changes.
+        clock: Monotonic seconds.
+        sleep: Awaitable sleep (pacing waits use it).
+        beta: Multiplicative decrease of the rate on a throttle (0 < beta < 1).
+        startup_beta: The steeper decrease used until the first cut that does not follow straight after
+            another (the rate is still far above the service's limit then).
+        recovery: Seconds the cubic curve takes to climb back to the last throttled rate.
+        min_rate: Never pace slower than this many requests per second.
+    """
+
+    __slots__ = (
+        "_beta",
+        "_clock",
+        "_cut_at",
+        "_in_flight",
+        "_interval",
+        "_last_rate",
+        "_limit",
+        "_max",
+        "_min_rate",
+        "_next_slot",
+        "_pace_generation",
+        "_rate",
+        "_rate_max",
+        "_recovery",
+        "_sleep",
+        "_slot_waiters",
+        "_startup",
+        "_startup_beta",
+        "_successes",
+        "adaptive",
+        "throttle_events",
+    )
+
+    def __init__(
+        self,
+        max_concurrency: int,
+        *,
+        adaptive: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        beta: float = 0.9,
+        startup_beta: float = 0.5,
+        recovery: float = 1.0,
+        min_rate: float = 1.0,
+    ) -> None:
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+        if not 0 < beta < 1 or not 0 < startup_beta < 1:
+            raise ValueError("beta and startup_beta must be between 0 and 1")
+        self._max = max_concurrency
+        self.adaptive = adaptive
+        self._clock = clock
+        self._sleep = sleep
+        self._beta = beta
+        self._startup_beta = startup_beta
+        self._recovery = recovery
+        self._min_rate = min_rate
+        self._limit = float(max_concurrency)
+        self._in_flight = 0
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._rate: float | None = None  # None: not pacing
+        self._interval = 0.0
+        self._next_slot = 0.0
+        self._pace_generation = 0
+        self._rate_max = 0.0  # the rate the last cut happened at (CUBIC's W_max)
+        self._last_rate = 0.0
+        self._cut_at = float("-inf")
+        self._startup = True
+        self._successes: collections.deque[float] = collections.deque()
+        self.throttle_events = 0
+
+    def __repr__(self) -> str:
+        rate = "unpaced" if self._rate is None else f"{self._rate:.1f}/s"
+        return f"AdaptiveLimiter(limit={self.limit}/{self._max}, in_flight={self._in_flight}, rate={rate})"
+
+    @property
+    def max_concurrency(self) -> int:
+        """The ceiling of the window."""
+        return self._max
+
+    @property
+    def limit(self) -> int:
+        """The current concurrency window."""
+        return max(1, int(self._limit))
+
+    @property
+    def in_flight(self) -> int:
+        """Requests holding a slot now."""
+        return self._in_flight
+
+    @property
+    def rate(self) -> float | None:
+        """The current pacing rate in requests per second, or ``None`` when not pacing."""
+        return self._rate
+
+    async def acquire(self) -> float:
+        """Wait for a slot (and, when pacing, for this request's turn); returns the send time stamp.
+
+        Pass the stamp to :meth:`on_throttled` so that only responses to requests sent after a cut can cut
+        again. Always pair with :meth:`release`.
+        """
+        if self._in_flight < self.limit and not self._slot_waiters:
+            self._in_flight += 1
+        else:
+            waiter = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self.release()  # the slot was handed to us as we were cancelled: pass it on
+                else:
+                    self._slot_waiters.remove(waiter)
+                raise
+        if self._rate is not None:
+            try:
+                await self._pace()
+            except asyncio.CancelledError:
+                self.release()
+                raise
+        return self._clock()
+
+    async def _pace(self) -> None:
+        while self._rate is not None:
+            generation = self._pace_generation
+            now = self._clock()
+            slot = self._next_slot if self._next_slot > now else now
+            self._next_slot = slot + self._interval
+            if slot <= now:
+                return
+            await self._sleep(slot - now)
+            if generation == self._pace_generation:
+                return
+            # The rate was cut while this request waited: take a new turn at the new pace.
+
+    def release(self) -> None:
+        """Give a slot back, handing it to the next waiter while the window allows."""
+        while self._slot_waiters and self._in_flight <= self.limit:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes on; in_flight stays the same
+                return
+        self._in_flight -= 1
+
+    def _wake(self) -> None:
+        while self._slot_waiters and self._in_flight < self.limit:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                self._in_flight += 1
+                waiter.set_result(None)
+
+    def measured_rate(self, now: float) -> float | None:
+        """Successes per second over the last second, or ``None`` with too few samples."""
+        successes = self._successes
+        while successes and successes[0] < now - _RATE_WINDOW:
+            successes.popleft()
+        if len(successes) < _MIN_SAMPLES:
+            return None
+        span = max(now - successes[0], 1e-3)
+        return (len(successes) - 1) / span
+
+    def on_success(self) -> None:
+        """Record a response that was not throttled: grow the window and the rate."""
+        if not self.adaptive:
+            return
+        now = self._clock()
+        self._successes.append(now)
+        if self._limit < self._max:
+            self._limit = min(float(self._max), self._limit + 1.0 / self._limit)
+            self._wake()
+        if self._rate is not None:
+            self._grow_rate(now)
+
+    def _grow_rate(self, now: float) -> None:
+        elapsed = now - self._cut_at
+        # W(t) = W_max * (1 + (1 - beta) * ((t - K) / K)^3): at t = 0 it is beta * W_max, at t = K it is
+        # W_max, then it rises ever faster to find a higher limit.
+        x = (elapsed - self._recovery) / self._recovery
+        target = self._rate_max * (1.0 + (1.0 - self._beta) * x * x * x)
+        if target > self._rate:  # type: ignore[operator]  # checked by the caller
+            self._set_rate(target, reset=False)
+
+    def _set_rate(self, rate: float, *, reset: bool) -> None:
+        self._rate = max(self._min_rate, rate)
+        self._interval = 1.0 / self._rate
+        if reset:
+            self._pace_generation += 1
+            self._next_slot = self._clock() + self._interval
+
+    def on_throttled(self, sent_at: float, retry_after: float | None = None) -> None:
+        """Record a throttled response to a request sent at ``sent_at`` (the stamp :meth:`acquire` gave).
+
+        Args:
+            sent_at: When the throttled request was sent.
+            retry_after: The server's hint; the request itself waits it out in the retry loop.
+        """
+        del retry_after  # the throttled request waits it out itself; the client slows by rate, not by pause
+        if not self.adaptive or sent_at < self._cut_at:
+            return  # sent before the last cut: already accounted for
+        now = self._clock()
+        self.throttle_events += 1
+        measured = self.measured_rate(now)
+        current = self._rate
+        if current is None:
+            base = measured if measured is not None else float(self._in_flight) / _RATE_WINDOW
+        else:
+            base = current if measured is None else min(current, measured)
+        # Straight after another cut the rate is still far too high: cut steeply until one cut holds.
+        beta = self._startup_beta if self._startup and current is not None else self._beta
+        if current is not None and now - self._cut_at > self._recovery:
+            self._startup = False
+            beta = self._beta
+        self._rate_max = base
+        self._cut_at = now
+        self._set_rate(base * beta, reset=True)
+        self._limit = max(1.0, self._limit / 2.0)

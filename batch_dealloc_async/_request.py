@@ -1,0 +1,276 @@
+"""Pure request building and response reading: argument checks, URLs, dates, header parsing. No I/O."""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import json
+import re
+import warnings
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import attrs
+import cattrs
+
+from ._converter import dump_json, load_model
+from ._models import BatchError, BatchNodeDeallocateOption, BatchNodeDeallocateOptions
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "CONTENT_TYPE",
+    "DEFAULT_API_VERSION",
+    "MAX_SERVICE_TIMEOUT",
+    "Endpoint",
+    "Request",
+    "deallocate_body",
+    "format_http_date",
+    "parse_error_body",
+    "parse_http_date",
+    "resolve_option",
+    "validate_endpoint",
+    "validate_id",
+    "validate_service_timeout",
+]
+
+DEFAULT_API_VERSION: Final = "2025-06-01"
+CONTENT_TYPE: Final = "application/json; odata=minimalmetadata"
+MAX_SERVICE_TIMEOUT: Final = 30
+POOL_ID_MAX: Final = 64  # documented: "cannot contain more than 64 characters"
+NODE_ID_MAX: Final = 256  # service-made ids are about 70 characters; leave ample room
+_BAD_ID_CHARS: Final = re.compile(r"[\x00-\x20\x7f-\x9f/\\\u2028\u2029\ufeff]|\s")
+_API_VERSION_RE: Final = re.compile(r"^[0-9A-Za-z.\-]{1,32}$")
+_SNIPPET_LEN: Final = 200
+
+
+def validate_id(kind: str, value: object, max_len: int) -> str:
+    """Check a pool or node id: a non-empty string the service could accept as one path segment.
+
+    Raises:
+        ValueError: empty, too long, whitespace or control characters, ``/`` or ``\\``, or only dots.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"{kind} must be a str, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{kind} must not be empty")
+    if len(value) > max_len:
+        raise ValueError(f"{kind} is longer than {max_len} characters")
+    if _BAD_ID_CHARS.search(value):
+        raise ValueError(f"{kind} {value[:80]!r} contains whitespace, a control character, '/' or '\\'")
+    if value.strip(".") == "":
+        raise ValueError(f"{kind} {value!r} is only dots")
+    return value
+
+
+def validate_service_timeout(timeout: object) -> int | None:
+    """Check the service-side ``timeOut``: ``None`` (service default, 30 s) or an int of 1..30 seconds.
+
+    Raises:
+        ValueError: anything else (a bool, a float, 0, 31, ...).
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= MAX_SERVICE_TIMEOUT:
+        raise ValueError(f"timeout must be an int of 1..{MAX_SERVICE_TIMEOUT} seconds, got {timeout!r}")
+    return timeout
+
+
+def resolve_option(
+    option: BatchNodeDeallocateOption | BatchNodeDeallocateOptions | str | None, *, stacklevel: int = 3
+) -> BatchNodeDeallocateOption | None:
+    """Normalise the ``option`` argument; warns when the deprecated ``retaineddata`` is chosen.
+
+    Raises:
+        ValueError: a string that is not one of the service's values.
+    """
+    if isinstance(option, BatchNodeDeallocateOptions):
+        option = option.node_deallocate_option
+    if option is None:
+        return None
+    if not isinstance(option, str):
+        raise ValueError(f"option must be a BatchNodeDeallocateOption, got {type(option).__name__}")
+    try:
+        resolved = BatchNodeDeallocateOption(option)
+    except ValueError:
+        choices = ", ".join(o.value for o in BatchNodeDeallocateOption)
+        raise ValueError(f"option must be one of {choices}; got {option[:40]!r}") from None
+    if resolved is BatchNodeDeallocateOption.RETAINED_DATA:
+        warnings.warn(
+            "the 'retaineddata' deallocate option is deprecated by the service; use 'taskcompletion'",
+            DeprecationWarning,
+            stacklevel=stacklevel,
+        )
+    return resolved
+
+
+def deallocate_body(option: BatchNodeDeallocateOption | None) -> bytes | None:
+    """The request body for ``option``: ``None`` (no body, the service applies requeue) or the JSON bytes."""
+    if option is None:
+        return None
+    return dump_json(BatchNodeDeallocateOptions(node_deallocate_option=option))
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@attrs.frozen
+class Endpoint:
+    """A checked service endpoint: ``scheme://host[:port]`` with no path, query or credentials."""
+
+    base: str
+    scheme: str
+    host: str
+    netloc: str
+
+    def same_origin(self, url: str) -> bool:
+        """Whether ``url`` points at this endpoint (a next link must not send our credentials elsewhere)."""
+        parts = urlsplit(url)
+        return parts.scheme.lower() == self.scheme and parts.netloc.lower() == self.netloc
+
+
+def validate_endpoint(endpoint: object) -> Endpoint:
+    """Check the account endpoint: https, or plain http only for a loopback host (the local emulator).
+
+    Raises:
+        ValueError: not a URL, another scheme, plain http to a remote host, a path, query, fragment or
+            user info.
+    """
+    if not isinstance(endpoint, str) or not endpoint or _BAD_ID_CHARS.search(endpoint):
+        raise ValueError("endpoint must be a URL such as https://myaccount.westus.batch.azure.com")
+    try:
+        parts = urlsplit(endpoint)
+        host = parts.hostname or ""
+        _ = parts.port  # raises on a bad port
+    except ValueError:
+        raise ValueError(f"endpoint {endpoint[:100]!r} is not a valid URL") from None
+    scheme = parts.scheme.lower()
+    if scheme not in {"https", "http"} or not host:
+        raise ValueError(f"endpoint {endpoint[:100]!r} must be an https URL with a host")
+    if scheme == "http" and not _is_loopback(host):
+        raise ValueError(f"endpoint {endpoint[:100]!r}: plain http is allowed only for a loopback host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("endpoint must not carry user info")
+    if parts.path not in {"", "/"} or parts.query or parts.fragment:
+        raise ValueError(f"endpoint {endpoint[:100]!r} must not have a path, query or fragment")
+    netloc = parts.netloc.lower()
+    return Endpoint(base=f"{scheme}://{netloc}", scheme=scheme, host=host, netloc=netloc)
+
+
+def validate_api_version(api_version: object) -> str:
+    """Check ``api_version`` is a plausible version string (it goes into every URL).
+
+    Raises:
+        ValueError: empty or with characters no api-version has.
+    """
+    if not isinstance(api_version, str) or not _API_VERSION_RE.match(api_version):
+        raise ValueError(f"api_version {api_version!r} is not a valid api-version")
+    return api_version
+
+
+def _encode_query(query: Iterable[tuple[str, str]]) -> str:
+    return "&".join(f"{name}={quote(value, safe=',')}" for name, value in query)
+
+
+@attrs.frozen
+class Request:
+    """One call's request, fixed across its attempts (headers that change per attempt are not here).
+
+    Attributes:
+        method: HTTP verb.
+        url: The absolute URL, already percent-encoded.
+        path: The encoded path (for Shared Key).
+        query: The query as (name, decoded value) pairs (for Shared Key).
+        body: The body bytes, or ``None`` for no body (and no Content-Type).
+    """
+
+    method: str
+    url: str
+    path: str
+    query: tuple[tuple[str, str], ...]
+    body: bytes | None = None
+
+    @classmethod
+    def build(
+        cls,
+        endpoint: Endpoint,
+        method: str,
+        segments: Iterable[str],
+        query: Iterable[tuple[str, str]],
+        body: bytes | None = None,
+    ) -> Request:
+        """Percent-encode every path segment (nothing kept safe, as the SDK does) and assemble the URL."""
+        path = "".join("/" + quote(segment, safe="") for segment in segments)
+        pairs = tuple(query)
+        return cls(method, f"{endpoint.base}{path}?{_encode_query(pairs)}", path, pairs, body)
+
+    @classmethod
+    def from_link(cls, endpoint: Endpoint, link: str, api_version: str) -> Request:
+        """A GET of a server-given ``odata.nextLink``: its own query kept, ``api-version`` overwritten.
+
+        Raises:
+            ValueError: the link points at another host or scheme.
+        """
+        if not endpoint.same_origin(link):
+            raise ValueError("the service's next link points at another host; refusing to follow it")
+        parts = urlsplit(link)
+        pairs = [(n, v) for n, v in parse_qsl(parts.query, keep_blank_values=True) if n != "api-version"]
+        pairs.insert(0, ("api-version", api_version))
+        path = parts.path or "/"
+        return cls("GET", f"{endpoint.base}{path}?{_encode_query(pairs)}", path, tuple(pairs))
+
+
+def format_http_date(timestamp: float) -> str:
+    """RFC 7231 IMF-fixdate, e.g. ``Sun, 01 Jun 2025 12:00:00 GMT``."""
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
+def parse_http_date(value: str | None) -> datetime | None:
+    """An RFC 7231 date header as an aware UTC datetime; ``None`` when absent or malformed."""
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return parsed.astimezone(UTC)
+
+
+def _snippet(body: bytes) -> str:
+    text = body[: _SNIPPET_LEN * 4].decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else " " for c in text)
+    return " ".join(text.split())[:_SNIPPET_LEN]
+
+
+def parse_error_body(body: bytes, content_type: str | None) -> tuple[BatchError | None, str]:
+    """Read a ``BatchError`` body; anything else gives ``(None, snippet)`` with a short, printable snippet."""
+    del content_type  # the service labels errors application/json; proxies lie, so try JSON regardless
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None, _snippet(body)
+    if not isinstance(data, dict):
+        return None, _snippet(body)
+    try:
+        error = load_model(data, BatchError)
+    except (cattrs.BaseValidationError, ValueError, TypeError, AttributeError):
+        return None, _snippet(body)
+    if error.code is None and error.message is None:
+        return None, _snippet(body)
+    return error, ""
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A response header, ``None`` when absent or empty."""
+    value = headers.get(name)
+    return value or None
