@@ -3,8 +3,6 @@
 The public API is what ``__all__`` lists; every module behind it is private.
 """
 
-from __future__ import annotations
-
 from ._auth import AccessToken, AccessTokenLike, AsyncTokenCredentialLike, SharedKeyCredential
 from ._client import BatchDeallocClient, ClientStats
 from ._errors import (

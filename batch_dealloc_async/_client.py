@@ -7,11 +7,11 @@ import enum
 import json
 import logging
 import random
+import re
 import ssl as ssl_module
 import time
 import uuid
 from datetime import datetime
-import re
 from typing import TYPE_CHECKING, Final, Self, TypeVar
 
 import aiohttp
@@ -45,7 +45,7 @@ from ._retry import RetryPolicy, build_retrying, parse_retry_after
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
     from types import TracebackType
 
     import tenacity
@@ -313,7 +313,7 @@ class BatchDeallocClient:
         if ocp_date is not None and (not isinstance(ocp_date, datetime) or ocp_date.tzinfo is None):
             raise ValueError("ocp_date must be an aware datetime")
         return await self._deallocate(
-            request, pool_id, node_id, service_timeout, crid, None,
+            request, pool_id, node_id, service_timeout=service_timeout, client_request_id=crid, run=None,
             echo=return_client_request_id, ocp_date=None if ocp_date is None else ocp_date.timestamp(),
         )  # fmt: skip
 
@@ -328,10 +328,10 @@ class BatchDeallocClient:
         request: rq.Request,
         pool_id: str,
         node_id: str,
+        *,
         service_timeout: int | None,
         client_request_id: str | None,
         run: ClientStats | None,
-        *,
         echo: bool = True,
         ocp_date: float | None = None,
     ) -> DeallocateResult:
@@ -571,7 +571,9 @@ class BatchDeallocClient:
             if request.body is not None:
                 headers["Content-Type"] = rq.CONTENT_TYPE
             await self._authorize(request, headers, call)
-            reply = await self._exchange(session, request, headers, call, expected, attempt_timeout)
+            reply = await self._exchange(
+                session, request, headers, call, expected=expected, attempt_timeout=attempt_timeout
+            )
         except ThrottledError as exc:
             self.stats.throttled += 1
             if call.run is not None:
@@ -602,6 +604,7 @@ class BatchDeallocClient:
         request: rq.Request,
         headers: dict[str, str],
         call: _Call,
+        *,
         expected: int,
         attempt_timeout: float,
     ) -> _Reply:

@@ -40,6 +40,15 @@ def _check_id(name: str, value: object) -> str:
     return value
 
 
+def _describe(exc: Exception) -> str:
+    """The identity provider's error code and first description line (msal errors carry them), or the type."""
+    error = getattr(exc, "error", None)
+    if isinstance(error, str) and error:
+        description = str(getattr(exc, "error_description", "") or "").split("\n", 1)[0][:300]
+        return f"{error}: {description}".rstrip(": ")
+    return type(exc).__name__
+
+
 def _token_from_result(result: object, what: str) -> AccessToken:
     """Turn an msal result dict into an :class:`AccessToken`, or raise :class:`CredentialError`."""
     if not isinstance(result, dict):
@@ -112,7 +121,7 @@ class _ConfidentialClient:
         except CredentialError:
             raise
         except Exception as exc:
-            raise CredentialError(f"{what} failed: {type(exc).__name__}") from exc
+            raise CredentialError(f"{what} failed: {_describe(exc)}") from exc
         return _token_from_result(result, what)
 
     async def get_token(self, *scopes: str, **_: object) -> AccessToken:
@@ -260,7 +269,7 @@ class ManagedIdentityCredential:
         try:
             result = self._app.get().acquire_token_for_client(resource=resource)
         except Exception as exc:
-            raise CredentialError(f"{what} failed: {type(exc).__name__}") from exc
+            raise CredentialError(f"{what} failed: {_describe(exc)}") from exc
         return _token_from_result(result, what)
 
     async def get_token(self, *scopes: str, **_: object) -> AccessToken:

@@ -53,7 +53,6 @@ class AdaptiveLimiter:
         "_cut_at",
         "_in_flight",
         "_interval",
-        "_last_rate",
         "_limit",
         "_max",
         "_min_rate",
@@ -103,7 +102,6 @@ class AdaptiveLimiter:
         self._next_slot = 0.0
         self._pace_generation = 0
         self._rate_max = 0.0  # the rate the last cut happened at (CUBIC's W_max)
-        self._last_rate = 0.0
         self._cut_at = float("-inf")
         self._startup = True
         self._successes: collections.deque[float] = collections.deque()
@@ -164,7 +162,7 @@ class AdaptiveLimiter:
         while self._rate is not None:
             generation = self._pace_generation
             now = self._clock()
-            slot = self._next_slot if self._next_slot > now else now
+            slot = max(now, self._next_slot)
             self._next_slot = slot + self._interval
             if slot <= now:
                 return
@@ -242,7 +240,12 @@ class AdaptiveLimiter:
         measured = self.measured_rate(now)
         current = self._rate
         if current is None:
-            base = measured if measured is not None else float(self._in_flight) / _RATE_WINDOW
+            if measured is None:
+                # Too little traffic to know a rate: narrow the window only.
+                self._cut_at = now
+                self._limit = max(1.0, self._limit / 2.0)
+                return
+            base = measured
         else:
             base = current if measured is None else min(current, measured)
         # Straight after another cut the rate is still far too high: cut steeply until one cut holds.

@@ -42,18 +42,19 @@ MAX_SERVICE_TIMEOUT: Final = 30
 POOL_ID_MAX: Final = 64  # documented: "cannot contain more than 64 characters"
 NODE_ID_MAX: Final = 256  # service-made ids are about 70 characters; leave ample room
 _BAD_ID_CHARS: Final = re.compile(r"[\x00-\x20\x7f-\x9f/\\\u2028\u2029\ufeff]|\s")
+_CONTROL_OR_SPACE: Final = re.compile(r"[\x00-\x20\x7f-\x9f]|\s")
 _API_VERSION_RE: Final = re.compile(r"^[0-9A-Za-z.\-]{1,32}$")
 _SNIPPET_LEN: Final = 200
 
 
 def validate_id(kind: str, value: object, max_len: int) -> str:
-    """Check a pool or node id: a non-empty string the service could accept as one path segment.
+    r"""Check a pool or node id: a non-empty string the service could accept as one path segment.
 
     Raises:
         ValueError: empty, too long, whitespace or control characters, ``/`` or ``\\``, or only dots.
     """
     if not isinstance(value, str):
-        raise ValueError(f"{kind} must be a str, got {type(value).__name__}")
+        raise ValueError(f"{kind} must be a str, got {type(value).__name__}")  # noqa: TRY004 (one error type for bad input)
     if not value:
         raise ValueError(f"{kind} must not be empty")
     if len(value) > max_len:
@@ -91,7 +92,7 @@ def resolve_option(
     if option is None:
         return None
     if not isinstance(option, str):
-        raise ValueError(f"option must be a BatchNodeDeallocateOption, got {type(option).__name__}")
+        raise ValueError(f"option must be a BatchNodeDeallocateOption, got {type(option).__name__}")  # noqa: TRY004 (as above)
     try:
         resolved = BatchNodeDeallocateOption(option)
     except ValueError:
@@ -144,7 +145,7 @@ def validate_endpoint(endpoint: object) -> Endpoint:
         ValueError: not a URL, another scheme, plain http to a remote host, a path, query, fragment or
             user info.
     """
-    if not isinstance(endpoint, str) or not endpoint or _BAD_ID_CHARS.search(endpoint):
+    if not isinstance(endpoint, str) or not endpoint or _CONTROL_OR_SPACE.search(endpoint):
         raise ValueError("endpoint must be a URL such as https://myaccount.westus.batch.azure.com")
     try:
         parts = urlsplit(endpoint)

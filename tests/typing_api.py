@@ -1,0 +1,52 @@
+"""Type-checked by mypy (never run): the public API used the way a user would."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import NamedTuple
+
+from batch_dealloc_async import (
+    BatchDeallocClient,
+    BatchNodeDeallocateOption,
+    ClientSecretCredential,
+    ConflictError,
+    DeallocateResult,
+    RetryPolicy,
+    SharedKeyCredential,
+)
+
+
+class AzureCoreAccessToken(NamedTuple):
+    """Shaped like azure.core.credentials.AccessToken."""
+
+    token: str
+    expires_on: int
+
+
+class AzureIdentityLikeCredential:
+    """Shaped like azure.identity.aio.DefaultAzureCredential."""
+
+    async def get_token(
+        self, *scopes: str, claims: str | None = None, tenant_id: str | None = None, **kwargs: object
+    ) -> AzureCoreAccessToken:
+        return AzureCoreAccessToken("t", 0)
+
+
+async def single_node() -> DeallocateResult:
+    key = SharedKeyCredential("acct", "a2V5")
+    async with BatchDeallocClient("https://acct.westus.batch.azure.com", key, retry=RetryPolicy(max_attempts=3)) as c:
+        try:
+            return await c.deallocate_node("pool", "node", option=BatchNodeDeallocateOption.TERMINATE, timeout=10)
+        except ConflictError as exc:
+            print(exc.code, exc.request_id)
+            raise
+
+
+async def with_tokens() -> None:
+    for credential in (AzureIdentityLikeCredential(), ClientSecretCredential("tenant", "client", "secret")):
+        async with BatchDeallocClient("https://acct.westus.batch.azure.com", credential) as client:
+            result = await client.deallocate_node("pool", "node")
+            print(result.attempts, result.last_modified)
+
+
+asyncio.run(single_node())
