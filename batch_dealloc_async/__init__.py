@@ -4,7 +4,7 @@ The public API is what ``__all__`` lists; every module behind it is private.
 """
 
 from ._auth import AccessToken, AccessTokenLike, AsyncTokenCredentialLike, SharedKeyCredential
-from ._client import BatchDeallocClient, ClientStats
+from ._client import BatchDeallocClient
 from ._errors import (
     AuthenticationError,
     BatchDeallocError,
@@ -30,6 +30,7 @@ from ._models import (
     BatchNodeState,
     DeallocateResult,
 )
+from ._outcomes import BulkReport, ClientStats, NodeOutcome, OutcomeStatus
 from ._retry import RetryPolicy
 
 __version__ = "0.1.0"
@@ -53,6 +54,7 @@ __all__ = [
     "BatchServiceError",
     "BatchTimeoutError",
     "BatchTransportError",
+    "BulkReport",
     "CertificateCredential",
     "ClientSecretCredential",
     "ClientStats",
@@ -60,7 +62,9 @@ __all__ = [
     "CredentialError",
     "DeallocateResult",
     "ManagedIdentityCredential",
+    "NodeOutcome",
     "NotFoundError",
+    "OutcomeStatus",
     "RetryPolicy",
     "ServerError",
     "SharedKeyCredential",

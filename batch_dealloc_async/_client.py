@@ -20,6 +20,14 @@ import yarl
 
 from . import _request as rq
 from ._auth import BATCH_SCOPE, AsyncTokenCredentialLike, SharedKeyCredential, TokenCache, string_to_sign
+from ._bulk import (
+    DEFAULT_WAIT_TIMEOUT,
+    BulkEngine,
+    NodeSource,
+    OutcomeCallback,
+    aiter_ids,
+    validate_deadline,
+)
 from ._converter import load_model
 from ._errors import (
     AuthenticationError,
@@ -41,6 +49,7 @@ from ._models import (
     BatchNodeState,
     DeallocateResult,
 )
+from ._outcomes import BulkReport, ClientStats, NodeOutcome
 from ._retry import RetryPolicy, build_retrying, parse_retry_after
 
 if TYPE_CHECKING:
@@ -51,7 +60,7 @@ if TYPE_CHECKING:
     import tenacity
     from multidict import CIMultiDictProxy
 
-__all__ = ["BatchDeallocClient", "ClientStats"]
+__all__ = ["BatchDeallocClient"]
 
 _log = logging.getLogger("batch_dealloc_async")
 
@@ -69,26 +78,6 @@ class _State(enum.Enum):
     UNOPENED = enum.auto()
     OPENED = enum.auto()
     CLOSED = enum.auto()
-
-
-class ClientStats:
-    """Counters of what a client (or one bulk run) sent.
-
-    Attributes:
-        requests: Requests sent (every attempt counts).
-        retries: Attempts after the first of a call.
-        throttled: Responses that were throttling (429, 503 ServerBusy).
-    """
-
-    __slots__ = ("requests", "retries", "throttled")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.retries = 0
-        self.throttled = 0
-
-    def __repr__(self) -> str:
-        return f"ClientStats(requests={self.requests}, retries={self.retries}, throttled={self.throttled})"
 
 
 class _Call:
@@ -360,10 +349,8 @@ class BatchDeallocClient:
             "deallocate %s/%s: 409 after an ambiguous attempt; confirming the node's state (client-request-id %s)",
             pool_id, node_id, call.client_request_id,
         )  # fmt: skip
-        request = rq.Request.build(
-            self._endpoint, "GET", ("pools", pool_id, "nodes", node_id),
-            [("api-version", self._api_version), ("$select", "id,state")],
-        )  # fmt: skip
+        query = [("api-version", self._api_version), ("$select", "id,state")]
+        request = rq.Request.build(self._endpoint, "GET", ("pools", pool_id, "nodes", node_id), query)
         check = _Call(str(uuid.uuid4()), call.run, f"get {pool_id}/{node_id}")
         try:
             reply = await self._call(request, check, 200, None)
@@ -395,10 +382,29 @@ class BatchDeallocClient:
         pool_id = rq.validate_id("pool_id", pool_id, rq.POOL_ID_MAX)
         node_id = rq.validate_id("node_id", node_id, rq.NODE_ID_MAX)
         query = self._read_query(select, timeout)
+        return await self._get_node(pool_id, node_id, query, rq.validate_service_timeout(timeout), None)
+
+    async def _get_node(
+        self, pool_id: str, node_id: str, query: list[tuple[str, str]], timeout: int | None, run: ClientStats | None
+    ) -> BatchNode:
         request = rq.Request.build(self._endpoint, "GET", ("pools", pool_id, "nodes", node_id), query)
-        call = _Call(str(uuid.uuid4()), None, f"get {pool_id}/{node_id}")
-        reply = await self._call(request, call, 200, rq.validate_service_timeout(timeout))
+        call = _Call(str(uuid.uuid4()), run, f"get {pool_id}/{node_id}")
+        reply = await self._call(request, call, 200, timeout)
         return _parse_json(reply.body, BatchNode, call)
+
+    async def _get_node_state(self, pool_id: str, node_id: str, *, run: ClientStats | None) -> BatchNode:
+        query = [("api-version", self._api_version), ("$select", "id,state")]
+        return await self._get_node(pool_id, node_id, query, None, run)
+
+    async def _list(self, pool_id: str, filter_: str | None, *, run: ClientStats | None) -> AsyncIterator[BatchNode]:
+        """Every node of the pool matching ``filter_``, id and state only, 1,000 to a page."""
+        query = [("api-version", self._api_version), ("$select", "id,state"), ("maxresults", "1000")]
+        if filter_ is not None:
+            query.append(("$filter", filter_))
+        request = rq.Request.build(self._endpoint, "GET", ("pools", pool_id, "nodes"), query)
+        async for page in self._pages(request, pool_id, None, run):
+            for node in page.value:
+                yield node
 
     def _read_query(self, select: Iterable[str] | None, timeout: int | None) -> list[tuple[str, str]]:
         query = [("api-version", self._api_version)]
@@ -439,7 +445,7 @@ class BatchDeallocClient:
         query = self._read_query(select, timeout)
         query.append(("maxresults", str(max_results)))
         if states is not None:
-            query.append(("$filter", state_filter(states)))
+            query.append(("$filter", rq.state_filter(states)))
         request = rq.Request.build(self._endpoint, "GET", ("pools", pool_id, "nodes"), query)
         async for page in self._pages(request, pool_id, rq.validate_service_timeout(timeout), None):
             for node in page.value:
@@ -459,6 +465,206 @@ class BatchDeallocClient:
                 request = rq.Request.from_link(self._endpoint, page.odata_next_link, self._api_version)
             except ValueError as exc:
                 raise BatchTransportError(str(exc), client_request_id=call.client_request_id) from None
+
+    # ------------------------------------------------------------------------------------------- bulk
+
+    def _bulk_engine(
+        self,
+        option: BatchNodeDeallocateOption | BatchNodeDeallocateOptions | str | None,
+        *,
+        timeout: int | None,
+        deadline: float | None,
+        wait: bool,
+        wait_timeout: float,
+        emit: Callable[[NodeOutcome], object],
+        room: Callable[[], Awaitable[None]] | None = None,
+    ) -> BulkEngine:
+        self._check_open()
+        body = rq.deallocate_body(rq.resolve_option(option, stacklevel=4))
+        return BulkEngine(
+            self,
+            body=body,
+            service_timeout=rq.validate_service_timeout(timeout),
+            deadline=validate_deadline(deadline),
+            wait=bool(wait),
+            wait_timeout=validate_deadline(wait_timeout, "wait_timeout") or DEFAULT_WAIT_TIMEOUT,
+            emit=emit,
+            room=room,
+        )
+
+    @staticmethod
+    def _report(engine: BulkEngine, outcomes: list[NodeOutcome]) -> BulkReport:
+        stats = engine.stats
+        return BulkReport(
+            outcomes=outcomes,
+            requests=stats.requests,
+            retries=stats.retries,
+            throttled=stats.throttled,
+            elapsed=engine.elapsed(),
+            pool_errors=dict(engine.pool_errors),
+        )
+
+    async def deallocate_nodes(
+        self,
+        pool_id: str,
+        node_ids: NodeSource,
+        *,
+        option: BatchNodeDeallocateOption | BatchNodeDeallocateOptions | str | None = None,
+        wait: bool = False,
+        deadline: float | None = None,
+        on_outcome: OutcomeCallback | None = None,
+        timeout: int | None = None,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> BulkReport:
+        """Deallocate many nodes of one pool concurrently; every node ends with exactly one outcome.
+
+        Args:
+            pool_id: The pool.
+            node_ids: Any iterable or async iterable of node ids, pulled lazily. A list or tuple is checked
+                whole before anything is sent; an id that fails the check in a stream ends ``failed``.
+            option: See :meth:`deallocate_node`; one body is built for the whole run.
+            wait: Then poll List Nodes (filtered, paged, id and state only) until the accepted nodes are
+                ``deallocated``; they end ``deallocated``, or ``timed_out`` with their last state.
+            deadline: Seconds for the whole run. Nodes not yet sent end ``not_attempted``; requests in flight
+                are cancelled and end ``timed_out``.
+            on_outcome: Called with each outcome as it becomes final (awaited when it returns an awaitable).
+            timeout: The service ``timeOut`` of each request (1..30).
+            wait_timeout: With ``wait`` and no ``deadline``, stop waiting after this many seconds.
+
+        Returns:
+            The report: every outcome, counts, failures by code, requests, retries, throttled responses.
+
+        Raises:
+            ValueError: a bad pool id, option, timeout or deadline, or a bad id in a list (nothing sent).
+        """
+        pool_id = rq.validate_id("pool_id", pool_id, rq.POOL_ID_MAX)
+        if isinstance(node_ids, list | tuple):
+            for node_id in node_ids:
+                rq.validate_id("node_id", node_id, rq.NODE_ID_MAX)
+        outcomes: list[NodeOutcome] = []
+
+        def emit(outcome: NodeOutcome) -> object:
+            outcomes.append(outcome)
+            return on_outcome(outcome) if on_outcome is not None else None
+
+        engine = self._bulk_engine(
+            option, timeout=timeout, deadline=deadline, wait=wait, wait_timeout=wait_timeout, emit=emit
+        )
+        await engine.run_nodes(pool_id, aiter_ids(node_ids))
+        return self._report(engine, outcomes)
+
+    async def iter_deallocate_nodes(
+        self,
+        pool_id: str,
+        node_ids: NodeSource,
+        *,
+        option: BatchNodeDeallocateOption | BatchNodeDeallocateOptions | str | None = None,
+        wait: bool = False,
+        deadline: float | None = None,
+        timeout: int | None = None,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> AsyncIterator[NodeOutcome]:
+        """Like :meth:`deallocate_nodes`, yielding each outcome as it becomes final; no report is kept.
+
+        Memory stays bounded by the concurrency limit: a slow consumer slows the workers down. Close the
+        iterator when leaving early (``contextlib.aclosing``) so that the run stops at once.
+        """
+        pool_id = rq.validate_id("pool_id", pool_id, rq.POOL_ID_MAX)
+        if isinstance(node_ids, list | tuple):
+            for node_id in node_ids:
+                rq.validate_id("node_id", node_id, rq.NODE_ID_MAX)
+        ready: asyncio.Queue[NodeOutcome | None] = asyncio.Queue()
+        room = asyncio.Event()
+        bound = 2 * self._limiter.max_concurrency
+
+        async def wait_for_room() -> None:
+            while ready.qsize() >= bound:
+                room.clear()
+                await room.wait()
+
+        engine = self._bulk_engine(
+            option, timeout=timeout, deadline=deadline, wait=wait, wait_timeout=wait_timeout,
+            emit=ready.put_nowait, room=wait_for_room,
+        )  # fmt: skip
+
+        async def produce() -> None:
+            try:
+                await engine.run_nodes(pool_id, aiter_ids(node_ids))
+            finally:
+                ready.put_nowait(None)
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(produce())
+            while (outcome := await ready.get()) is not None:
+                room.set()
+                yield outcome
+
+    async def deallocate_pool(
+        self,
+        pool_id: str,
+        *,
+        states: Iterable[str] = ("idle", "running"),
+        option: BatchNodeDeallocateOption | BatchNodeDeallocateOptions | str | None = None,
+        wait: bool = False,
+        deadline: float | None = None,
+        on_outcome: OutcomeCallback | None = None,
+        timeout: int | None = None,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> BulkReport:
+        """Deallocate every node of a pool that is in one of ``states``; report the others ``skipped``.
+
+        The pool is listed twice, both before the first deallocation (one snapshot): the eligible nodes
+        (``$filter`` on ``states``, ``$select=id,state``, following ``odata.nextLink``), which are then
+        deallocated, and the others, which are reported ``skipped`` with their state. A pool that cannot be
+        listed is named in ``report.pool_errors`` (and ``report.ok`` is False) rather than raised, so that
+        :meth:`deallocate_pools` carries on with the other pools. The other arguments are those of
+        :meth:`deallocate_nodes`.
+
+        Raises:
+            ValueError: a bad pool id, state, option, timeout or deadline (nothing sent).
+        """
+        return await self.deallocate_pools(
+            [pool_id], states=states, option=option, wait=wait, deadline=deadline,
+            on_outcome=on_outcome, timeout=timeout, wait_timeout=wait_timeout,
+        )  # fmt: skip
+
+    async def deallocate_pools(
+        self,
+        pool_ids: Iterable[str],
+        *,
+        states: Iterable[str] = ("idle", "running"),
+        option: BatchNodeDeallocateOption | BatchNodeDeallocateOptions | str | None = None,
+        wait: bool = False,
+        deadline: float | None = None,
+        on_outcome: OutcomeCallback | None = None,
+        timeout: int | None = None,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> BulkReport:
+        """:meth:`deallocate_pool` for several pools at once, under one limiter, deadline and report.
+
+        Raises:
+            ValueError: a bad pool id, state, option, timeout or deadline (nothing sent).
+        """
+        if isinstance(pool_ids, str):
+            raise ValueError("pool_ids must be an iterable of pool ids, not one string")
+        pools = list(dict.fromkeys(rq.validate_id("pool_id", p, rq.POOL_ID_MAX) for p in pool_ids))
+        if not pools:
+            raise ValueError("pool_ids must name at least one pool")
+        wanted = tuple(dict.fromkeys([states] if isinstance(states, str) else states))
+        rq.state_filter(wanted)  # checks the states
+        outcomes: list[NodeOutcome] = []
+
+        def emit(outcome: NodeOutcome) -> object:
+            outcomes.append(outcome)
+            return on_outcome(outcome) if on_outcome is not None else None
+
+        engine = self._bulk_engine(
+            option, timeout=timeout, deadline=deadline, wait=wait, wait_timeout=wait_timeout, emit=emit
+        )
+        async with asyncio.TaskGroup() as group:
+            for pool in pools:
+                group.create_task(engine.run_pool(pool, wanted))
+        return self._report(engine, outcomes)
 
     # ------------------------------------------------------------------------------------------ the wire
 
@@ -701,18 +907,3 @@ def _check_client_request_id(value: str | None) -> str | None:
     if not isinstance(value, str) or not _GUID_RE.match(value):
         raise ValueError("client_request_id must be a GUID without braces, e.g. 9C4D50EE-2D56-4CD3-8152-34347DC9F2B0")
     return value
-
-
-def state_filter(states: Iterable[str]) -> str:
-    """An OData ``$filter`` selecting nodes in any of ``states``, e.g. ``(state eq 'idle') or (state eq 'running')``.
-
-    Raises:
-        ValueError: no states, or a state that is not a lower-case word.
-    """
-    names = [states] if isinstance(states, str) else list(states)
-    if not names or not all(isinstance(s, str) and s.isalpha() and s.islower() for s in names):
-        raise ValueError(f"states must be node states such as ('idle', 'running'), got {states!r}")
-    unique = list(dict.fromkeys(names))
-    if len(unique) == 1:
-        return f"state eq '{unique[0]}'"
-    return " or ".join(f"(state eq '{s}')" for s in unique)

@@ -31,6 +31,7 @@ __all__ = [
     "parse_error_body",
     "parse_http_date",
     "resolve_option",
+    "state_filter",
     "validate_endpoint",
     "validate_id",
     "validate_service_timeout",
@@ -54,7 +55,7 @@ def validate_id(kind: str, value: object, max_len: int) -> str:
         ValueError: empty, too long, whitespace or control characters, ``/`` or ``\\``, or only dots.
     """
     if not isinstance(value, str):
-        raise ValueError(f"{kind} must be a str, got {type(value).__name__}")  # noqa: TRY004 (one error type for bad input)
+        raise ValueError(f"{kind} must be a str, got {type(value).__name__}")
     if not value:
         raise ValueError(f"{kind} must not be empty")
     if len(value) > max_len:
@@ -92,7 +93,7 @@ def resolve_option(
     if option is None:
         return None
     if not isinstance(option, str):
-        raise ValueError(f"option must be a BatchNodeDeallocateOption, got {type(option).__name__}")  # noqa: TRY004 (as above)
+        raise ValueError(f"option must be a BatchNodeDeallocateOption, got {type(option).__name__}")
     try:
         resolved = BatchNodeDeallocateOption(option)
     except ValueError:
@@ -275,3 +276,18 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
     """A response header, ``None`` when absent or empty."""
     value = headers.get(name)
     return value or None
+
+
+def state_filter(states: Iterable[str]) -> str:
+    """An OData ``$filter`` selecting nodes in any of ``states``, e.g. ``(state eq 'idle') or (state eq 'running')``.
+
+    Raises:
+        ValueError: no states, or a state that is not a lower-case word.
+    """
+    names = [states] if isinstance(states, str) else list(states)
+    if not names or not all(isinstance(s, str) and s.isalpha() and s.islower() for s in names):
+        raise ValueError(f"states must be node states such as ('idle', 'running'), got {states!r}")
+    unique = list(dict.fromkeys(names))
+    if len(unique) == 1:
+        return f"state eq '{unique[0]}'"
+    return " or ".join(f"(state eq '{s}')" for s in unique)

@@ -38,7 +38,7 @@ async def single_node() -> DeallocateResult:
         try:
             return await c.deallocate_node("pool", "node", option=BatchNodeDeallocateOption.TERMINATE, timeout=10)
         except ConflictError as exc:
-            print(exc.code, exc.request_id)
+            _ = (exc.code, exc.request_id)
             raise
 
 
@@ -46,7 +46,7 @@ async def with_tokens() -> None:
     for credential in (AzureIdentityLikeCredential(), ClientSecretCredential("tenant", "client", "secret")):
         async with BatchDeallocClient("https://acct.westus.batch.azure.com", credential) as client:
             result = await client.deallocate_node("pool", "node")
-            print(result.attempts, result.last_modified)
+            _ = (result.attempts, result.last_modified)
 
 
 asyncio.run(single_node())
