@@ -15,8 +15,8 @@ import asyncio
 import inspect
 import logging
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Final, TypeAlias
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import attrs
 
@@ -29,7 +29,7 @@ from ._request import state_filter
 if TYPE_CHECKING:
     from ._client import BatchDeallocClient
 
-__all__ = ["BulkEngine", "NodeSource", "OutcomeCallback", "aiter_ids", "validate_deadline"]
+__all__ = ["DEFAULT_WAIT_TIMEOUT", "BulkEngine", "NodeSource", "OutcomeCallback", "validate_deadline"]
 
 _log = logging.getLogger("batch_dealloc_async")
 
@@ -59,16 +59,32 @@ def validate_deadline(deadline: object, name: str = "deadline") -> float | None:
     return float(deadline)
 
 
-async def aiter_ids(source: NodeSource) -> AsyncIterator[str]:
-    """Iterate a sync or async iterable of node ids."""
-    if isinstance(source, str):
-        raise ValueError("node_ids must be an iterable of ids, not one string")
-    if hasattr(source, "__aiter__"):
-        async for node_id in source:
-            yield node_id
-    else:
-        for node_id in source:
-            yield node_id
+_END: Final[Any] = object()  # the input is exhausted (not None: None in the input is a bad id, not the end)
+
+
+class _Feed:
+    """The input, shared by every worker: a sync iterable is pulled without awaiting, an async one under a lock."""
+
+    __slots__ = ("_aiter", "_lock", "items")
+
+    def __init__(self, source: NodeSource) -> None:
+        if isinstance(source, str | bytes):
+            raise ValueError("node_ids must be an iterable of ids, not one string")
+        self.items: Iterator[str] | None = None
+        self._aiter: AsyncIterator[str] | None = None
+        if isinstance(source, AsyncIterable):
+            self._aiter = aiter(source)
+        else:
+            self.items = iter(source)
+        self._lock = asyncio.Lock()
+
+    async def pull(self) -> Any:  # noqa: ANN401 (a node id, whatever the caller put in, or _END)
+        """The next id, or ``_END``."""
+        if self.items is not None:
+            return next(self.items, _END)
+        assert self._aiter is not None  # noqa: S101 (one of the two is set)
+        async with self._lock:
+            return await anext(self._aiter, _END)
 
 
 @attrs.define
@@ -162,50 +178,41 @@ class BulkEngine:
                     NodeOutcome(pool_id=pool_id, node_id=node_id, status=OutcomeStatus.SKIPPED, state=state)
                 )
         if eligible:
-            await self.run_nodes(pool_id, aiter_ids(list(eligible)))
+            await self.run_nodes(pool_id, list(eligible))
 
     async def _collect(self, pool_id: str, filter_: str, into: dict[str, str | None]) -> None:
         async for node in self._client._list(pool_id, filter_, run=self.stats):  # noqa: SLF001
             into[node.id] = node.state
 
-    async def run_nodes(self, pool_id: str, node_ids: AsyncIterator[str]) -> None:
+    async def run_nodes(self, pool_id: str, node_ids: NodeSource) -> None:
         """Deallocate every node of ``node_ids``; with ``wait``, then poll until they are deallocated.
 
         Args:
             pool_id: The pool.
-            node_ids: The ids, pulled lazily.
+            node_ids: The ids, pulled lazily by the workers.
         """
+        feed = _Feed(node_ids)
         pending: dict[str, NodeOutcome] = {}
         workers = [_Worker() for _ in range(self._workers)]
-        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=self._workers)
-        holding: list[str] = []  # an id pulled from the input but not yet queued
         try:
-            async with asyncio.timeout_at(self._deadline_at):
-                async with asyncio.TaskGroup() as group:
-                    for worker in workers:
-                        group.create_task(self._work(pool_id, queue, worker, pending))
-                    async for node_id in node_ids:
-                        holding.append(node_id)
-                        await queue.put(node_id)
-                        holding.clear()
-                    for _ in workers:
-                        await queue.put(None)
+            async with asyncio.timeout_at(self._deadline_at), asyncio.TaskGroup() as group:
+                for worker in workers:
+                    group.create_task(self._work(pool_id, feed, worker, pending))
         except TimeoutError:
             if not self._deadline_passed():
                 raise  # not our deadline
             _log.info("bulk run on %s: deadline reached; ending the remaining nodes", pool_id)
-            await self._after_deadline(pool_id, workers, queue, holding, node_ids)
+            await self._after_deadline(pool_id, workers, feed)
         if self._wait and pending:
             await self._wait_deallocated(pool_id, pending)
 
-    async def _work(
-        self, pool_id: str, queue: asyncio.Queue[str | None], me: _Worker, pending: dict[str, NodeOutcome]
-    ) -> None:
+    async def _work(self, pool_id: str, feed: _Feed, me: _Worker, pending: dict[str, NodeOutcome]) -> None:
+        items = feed.items
         while True:
             if self._room is not None:
                 await self._room()
-            node_id = await queue.get()
-            if node_id is None:
+            node_id = next(items, _END) if items is not None else await feed.pull()
+            if node_id is _END:
                 return
             if self._stopped is not None:
                 outcome = self._not_attempted(pool_id, node_id)
@@ -218,15 +225,8 @@ class BulkEngine:
             else:
                 await self._deliver(outcome)
 
-    async def _after_deadline(
-        self,
-        pool_id: str,
-        workers: list[_Worker],
-        queue: asyncio.Queue[str | None],
-        holding: list[str],
-        rest: AsyncIterator[str],
-    ) -> None:
-        """Give an outcome to everything the deadline caught: in flight, queued, and still in the input."""
+    async def _after_deadline(self, pool_id: str, workers: list[_Worker], feed: _Feed) -> None:
+        """Give an outcome to everything the deadline caught: the requests in flight, and the unread input."""
         for worker in workers:
             if worker.node_id is not None:
                 error = BatchTimeoutError(
@@ -236,13 +236,7 @@ class BulkEngine:
                 await self._deliver(
                     NodeOutcome(pool_id=pool_id, node_id=worker.node_id, status=OutcomeStatus.TIMED_OUT, error=error)
                 )
-        for node_id in holding:
-            await self._deliver(self._not_attempted(pool_id, node_id))
-        while not queue.empty():
-            queued = queue.get_nowait()
-            if queued is not None:
-                await self._deliver(self._not_attempted(pool_id, queued))
-        async for node_id in rest:
+        while (node_id := await feed.pull()) is not _END:
             await self._deliver(self._not_attempted(pool_id, node_id))
 
     # --------------------------------------------------------------------------------------- one node

@@ -30,6 +30,7 @@ __all__ = ["AdaptiveLimiter"]
 
 _RATE_WINDOW: Final = 1.0  # seconds of successes behind the measured rate
 _MIN_SAMPLES: Final = 4  # fewer successes than this in the window say nothing about the rate
+_MAX_SAMPLES: Final = 8192  # success stamps kept (old ones also leave when the rate is measured)
 
 
 class AdaptiveLimiter:
@@ -131,6 +132,24 @@ class AdaptiveLimiter:
         """The current pacing rate in requests per second, or ``None`` when not pacing."""
         return self._rate
 
+    def try_acquire(self) -> float | None:
+        """Take a slot at once if one is free and no pacing wait is due.
+
+        Returns the send stamp, or ``None``: then await :meth:`acquire`. This is the common case, without
+        creating a coroutine (it runs once per request).
+        """
+        if self._in_flight < self.limit and not self._slot_waiters:
+            if self._rate is not None:
+                now = self._clock()
+                if self._next_slot > now:
+                    return None
+                self._next_slot = now + self._interval
+                self._in_flight += 1
+                return now
+            self._in_flight += 1
+            return self._clock()
+        return None
+
     async def acquire(self) -> float:
         """Wait for a slot (and, when pacing, for this request's turn); returns the send time stamp.
 
@@ -202,7 +221,10 @@ class AdaptiveLimiter:
         if not self.adaptive:
             return
         now = self._clock()
-        self._successes.append(now)
+        successes = self._successes
+        successes.append(now)
+        if len(successes) > _MAX_SAMPLES:
+            successes.popleft()
         if self._limit < self._max:
             self._limit = min(float(self._max), self._limit + 1.0 / self._limit)
             self._wake()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import ipaddress
 import json
 import re
@@ -27,9 +28,12 @@ __all__ = [
     "Endpoint",
     "Request",
     "deallocate_body",
+    "encode_query",
     "format_http_date",
     "parse_error_body",
     "parse_http_date",
+    "parse_http_date_cached",
+    "quote_segment",
     "resolve_option",
     "state_filter",
     "validate_endpoint",
@@ -178,8 +182,14 @@ def validate_api_version(api_version: object) -> str:
     return api_version
 
 
-def _encode_query(query: Iterable[tuple[str, str]]) -> str:
+def encode_query(query: Iterable[tuple[str, str]]) -> str:
+    """The query string: names as they are (``$filter``), values percent-encoded (commas kept)."""
     return "&".join(f"{name}={quote(value, safe=',')}" for name, value in query)
+
+
+def quote_segment(segment: str) -> str:
+    """Percent-encode one path segment with nothing kept safe (``/`` too), as the SDK does."""
+    return quote(segment, safe="")
 
 
 @attrs.frozen
@@ -210,9 +220,9 @@ class Request:
         body: bytes | None = None,
     ) -> Request:
         """Percent-encode every path segment (nothing kept safe, as the SDK does) and assemble the URL."""
-        path = "".join("/" + quote(segment, safe="") for segment in segments)
+        path = "".join("/" + quote_segment(segment) for segment in segments)
         pairs = tuple(query)
-        return cls(method, f"{endpoint.base}{path}?{_encode_query(pairs)}", path, pairs, body)
+        return cls(method, f"{endpoint.base}{path}?{encode_query(pairs)}", path, pairs, body)
 
     @classmethod
     def from_link(cls, endpoint: Endpoint, link: str, api_version: str) -> Request:
@@ -227,7 +237,7 @@ class Request:
         pairs = [(n, v) for n, v in parse_qsl(parts.query, keep_blank_values=True) if n != "api-version"]
         pairs.insert(0, ("api-version", api_version))
         path = parts.path or "/"
-        return cls("GET", f"{endpoint.base}{path}?{_encode_query(pairs)}", path, tuple(pairs))
+        return cls("GET", f"{endpoint.base}{path}?{encode_query(pairs)}", path, tuple(pairs))
 
 
 def format_http_date(timestamp: float) -> str:
@@ -246,6 +256,12 @@ def parse_http_date(value: str | None) -> datetime | None:
     if parsed.tzinfo is None:
         return None
     return parsed.astimezone(UTC)
+
+
+@functools.lru_cache(maxsize=8)
+def parse_http_date_cached(value: str | None) -> datetime | None:
+    """:func:`parse_http_date`, remembering the last few: responses within one second share the header."""
+    return parse_http_date(value)
 
 
 def _snippet(body: bytes) -> str:
