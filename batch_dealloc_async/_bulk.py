@@ -42,6 +42,7 @@ _FIRST_POLL: Final = 1.0
 _POLL_GROWTH: Final = 1.5
 _POLL_CAP: Final = 15.0
 DEFAULT_WAIT_TIMEOUT: Final = 3600.0
+_WORKERS_PER_SLOT: Final = 4
 
 
 def validate_deadline(deadline: object, name: str = "deadline") -> float | None:
@@ -134,7 +135,9 @@ class BulkEngine:
         self._started = loop.time()
         self._deadline_at = None if deadline is None else self._started + deadline
         self._wait_until = self._deadline_at if self._deadline_at is not None else self._started + wait_timeout
-        self._workers = client.limiter.max_concurrency
+        # More workers than slots: a worker waiting out a Retry-After must not leave a slot idle (with one worker
+        # per slot, a burst of 429s stalls the whole run for the Retry-After). The limiter bounds what is sent.
+        self._workers = _WORKERS_PER_SLOT * client.limiter.max_concurrency
 
     def elapsed(self) -> float:
         """Seconds since the run began."""

@@ -4,11 +4,13 @@ Everything a client sends takes a slot here, so the client reacts to throttling 
 
 * **Concurrency (AIMD).** At most ``limit`` requests are in flight. A throttled response halves the limit
   (once per congestion epoch); every success adds ``1/limit`` back, up to ``max_concurrency``.
-* **Pacing (CUBIC on the rate).** The first throttled response switches pacing on at ``beta`` times the
-  success rate measured over the last second (the rate the service actually granted). Later throttles cut the
-  rate again to ``beta`` times the smaller of the current rate and that measurement. Between cuts the rate
-  climbs back along a cubic curve: quickly up to the last rate that was throttled, flat around it, then
-  faster beyond it, as TCP CUBIC and the AWS SDKs' adaptive retry mode do.
+* **Pacing (CUBIC on the rate).** The first throttled response switches pacing on. Each cut sets the rate to
+  ``beta`` times the smaller of the current rate and the service's rate, estimated from successes: exactly,
+  as successes per second since a congestion episode began (the service's bucket is empty then, so what
+  it grants *is* its rate), or from the last second's successes. Until an exact estimate exists (the opening
+  burst inflates the other), cuts use the steeper ``startup_beta``. Between cuts the rate climbs back along a
+  cubic curve: quickly up to the last throttled rate, flat around it, then faster beyond it, as TCP CUBIC
+  and the AWS SDKs' adaptive retry mode do, but never beyond twice the rate actually achieved.
 * **Epochs.** Responses to requests sent before the last cut say nothing about the new rate, so they never
   cut again: one cut per round trip, as in TCP.
 
@@ -30,6 +32,7 @@ __all__ = ["AdaptiveLimiter"]
 
 _RATE_WINDOW: Final = 1.0  # seconds of successes behind the measured rate
 _MIN_SAMPLES: Final = 4  # fewer successes than this in the window say nothing about the rate
+_EPISODE_MIN_SPAN: Final = 0.02  # seconds of throttled traffic before its success rate counts as exact
 _MAX_SAMPLES: Final = 8192  # success stamps kept (old ones also leave when the rate is measured)
 
 
@@ -46,12 +49,18 @@ class AdaptiveLimiter:
             another (the rate is still far above the service's limit then).
         recovery: Seconds the cubic curve takes to climb back to the last throttled rate.
         min_rate: Never pace slower than this many requests per second.
+        initial_limit: The window at start; it grows by one per success (doubling every round trip) until
+            the first throttle, then by ``1/limit`` (TCP's slow start, then congestion avoidance). A small
+            start keeps the opening burst from running a full ``max_concurrency`` into a throttled account.
     """
 
     __slots__ = (
         "_beta",
         "_clock",
         "_cut_at",
+        "_cut_beta",
+        "_episode_start",
+        "_episode_successes",
         "_in_flight",
         "_interval",
         "_limit",
@@ -82,6 +91,7 @@ class AdaptiveLimiter:
         startup_beta: float = 0.5,
         recovery: float = 1.0,
         min_rate: float = 1.0,
+        initial_limit: int = 8,
     ) -> None:
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise ValueError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
@@ -95,7 +105,7 @@ class AdaptiveLimiter:
         self._startup_beta = startup_beta
         self._recovery = recovery
         self._min_rate = min_rate
-        self._limit = float(max_concurrency)
+        self._limit = float(min(max(1, initial_limit), max_concurrency) if adaptive else max_concurrency)
         self._in_flight = 0
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._rate: float | None = None  # None: not pacing
@@ -105,6 +115,9 @@ class AdaptiveLimiter:
         self._rate_max = 0.0  # the rate the last cut happened at (CUBIC's W_max)
         self._cut_at = float("-inf")
         self._startup = True
+        self._cut_beta = beta
+        self._episode_start = float("-inf")
+        self._episode_successes = 0
         self._successes: collections.deque[float] = collections.deque()
         self.throttle_events = 0
 
@@ -226,8 +239,10 @@ class AdaptiveLimiter:
         if len(successes) > _MAX_SAMPLES:
             successes.popleft()
         if self._limit < self._max:
-            self._limit = min(float(self._max), self._limit + 1.0 / self._limit)
+            growth = 1.0 if self._rate is None and self.throttle_events == 0 else 1.0 / self._limit
+            self._limit = min(float(self._max), self._limit + growth)
             self._wake()
+        self._episode_successes += 1
         if self._rate is not None:
             self._grow_rate(now)
 
@@ -236,7 +251,16 @@ class AdaptiveLimiter:
         # W(t) = W_max * (1 + (1 - beta) * ((t - K) / K)^3): at t = 0 it is beta * W_max, at t = K it is
         # W_max, then it rises ever faster to find a higher limit.
         x = (elapsed - self._recovery) / self._recovery
-        target = self._rate_max * (1.0 + (1.0 - self._beta) * x * x * x)
+        target = self._rate_max * (1.0 + (1.0 - self._cut_beta) * x * x * x)
+        if target <= self._rate:  # type: ignore[operator]  # checked by the caller
+            return
+        # Grow only a rate that is being used: while the client sends less (its requests sleep on a
+        # Retry-After, or it has little to do), the curve must not run ahead of reality. As the AWS SDKs'
+        # adaptive mode does, cap it at twice the measured rate.
+        if len(self._successes) >= _MIN_SAMPLES and now - self._successes[0] >= _RATE_WINDOW / 2:
+            measured = self.measured_rate(now)
+            if measured is not None:
+                target = min(target, 2.0 * measured)
         if target > self._rate:  # type: ignore[operator]  # checked by the caller
             self._set_rate(target, reset=False)
 
@@ -259,23 +283,42 @@ class AdaptiveLimiter:
             return  # sent before the last cut: already accounted for
         now = self._clock()
         self.throttle_events += 1
-        measured = self.measured_rate(now)
+        in_episode = now - self._cut_at < self._recovery
+        if not in_episode:
+            self._episode_start = now
+            self._episode_successes = 0
+        estimate, exact = self._estimate(now)
         current = self._rate
-        if current is None:
-            if measured is None:
-                # Too little traffic to know a rate: narrow the window only.
-                self._cut_at = now
-                self._limit = max(1.0, self._limit / 2.0)
-                return
-            base = measured
+        if estimate is None and current is None:
+            # Too little traffic to know a rate: narrow the window only.
+            self._cut_at = now
+            self._limit = max(1.0, self._limit / 2.0)
+            return
+        if estimate is None:
+            base = current
+        elif current is None:
+            base = estimate
         else:
-            base = current if measured is None else min(current, measured)
-        # Straight after another cut the rate is still far too high: cut steeply until one cut holds.
-        beta = self._startup_beta if self._startup and current is not None else self._beta
-        if current is not None and now - self._cut_at > self._recovery:
+            base = min(current, estimate)
+        assert base is not None  # noqa: S101 (both None returned above)
+        # Until the service's rate is known, the measurement may hold the opening burst: cut steeply.
+        beta = self._beta if exact or not self._startup else self._startup_beta
+        if exact:
             self._startup = False
-            beta = self._beta
         self._rate_max = base
+        self._cut_beta = beta
         self._cut_at = now
         self._set_rate(base * beta, reset=True)
         self._limit = max(1.0, self._limit / 2.0)
+
+    def _estimate(self, now: float) -> tuple[float | None, bool]:
+        """The service's rate: exact when measured across a congestion episode, else the last second's.
+
+        While throttled, the service's bucket is empty and every success spent a token it had just refilled,
+        so successes per second since the episode's first throttle *are* its rate. Outside an episode, the
+        success rate of the last second is the best guess (early on it includes the opening burst).
+        """
+        span = now - self._episode_start
+        if span >= _EPISODE_MIN_SPAN and self._episode_successes >= _MIN_SAMPLES:
+            return self._episode_successes / span, True
+        return self.measured_rate(now), False
