@@ -29,12 +29,20 @@ from ._request import state_filter
 if TYPE_CHECKING:
     from ._client import BatchDeallocClient
 
-__all__ = ["DEFAULT_WAIT_TIMEOUT", "BulkEngine", "NodeSource", "OutcomeCallback", "validate_deadline"]
+__all__ = [
+    "DEFAULT_WAIT_TIMEOUT",
+    "BulkEngine",
+    "ListedCallback",
+    "NodeSource",
+    "OutcomeCallback",
+    "validate_deadline",
+]
 
 _log = logging.getLogger("batch_dealloc_async")
 
 NodeSource: TypeAlias = Iterable[str] | AsyncIterable[str]
 OutcomeCallback: TypeAlias = Callable[[NodeOutcome], object]
+ListedCallback: TypeAlias = Callable[[str, int, int], object]
 
 ELIGIBLE_STATES: Final = frozenset({BatchNodeState.IDLE, BatchNodeState.RUNNING})
 _WAITING_STATES: Final = (BatchNodeState.DEALLOCATING, BatchNodeState.DEALLOCATED)
@@ -150,7 +158,7 @@ class BulkEngine:
 
     # ------------------------------------------------------------------------------------------ phases
 
-    async def run_pool(self, pool_id: str, states: tuple[str, ...]) -> None:
+    async def run_pool(self, pool_id: str, states: tuple[str, ...], on_listed: ListedCallback | None = None) -> None:
         """List the pool, then deallocate the nodes in ``states`` and report the others ``skipped``.
 
         Both listings (eligible states, and the rest) finish before the first deallocation, so the run
@@ -175,11 +183,13 @@ class BulkEngine:
             for node_id in eligible:
                 await self._deliver(self._not_attempted(pool_id, node_id))
             eligible.clear()
+        others = {node_id: state for node_id, state in others.items() if node_id not in eligible}
+        if on_listed is not None:
+            on_listed(pool_id, len(eligible), len(others))
         for node_id, state in others.items():
-            if node_id not in eligible:
-                await self._deliver(
-                    NodeOutcome(pool_id=pool_id, node_id=node_id, status=OutcomeStatus.SKIPPED, state=state)
-                )
+            await self._deliver(
+                NodeOutcome(pool_id=pool_id, node_id=node_id, status=OutcomeStatus.SKIPPED, state=state)
+            )
         if eligible:
             await self.run_nodes(pool_id, list(eligible))
 

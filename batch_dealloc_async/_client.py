@@ -30,6 +30,7 @@ from ._auth import (
 from ._bulk import (
     DEFAULT_WAIT_TIMEOUT,
     BulkEngine,
+    ListedCallback,
     NodeSource,
     OutcomeCallback,
     validate_deadline,
@@ -634,6 +635,7 @@ class BatchDeallocClient:
         wait: bool = False,
         deadline: float | None = None,
         on_outcome: OutcomeCallback | None = None,
+        on_listed: ListedCallback | None = None,
         timeout: int | None = None,
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
     ) -> BulkReport:
@@ -643,15 +645,16 @@ class BatchDeallocClient:
         (``$filter`` on ``states``, ``$select=id,state``, following ``odata.nextLink``), which are then
         deallocated, and the others, which are reported ``skipped`` with their state. A pool that cannot be
         listed is named in ``report.pool_errors`` (and ``report.ok`` is False) rather than raised, so that
-        :meth:`deallocate_pools` carries on with the other pools. The other arguments are those of
-        :meth:`deallocate_nodes`.
+        :meth:`deallocate_pools` carries on with the other pools. ``on_listed(pool_id, eligible, others)`` is
+        called once per pool when its listing is done (progress displays learn the total there). The other
+        arguments are those of :meth:`deallocate_nodes`.
 
         Raises:
             ValueError: a bad pool id, state, option, timeout or deadline (nothing sent).
         """
         return await self.deallocate_pools(
             [pool_id], states=states, option=option, wait=wait, deadline=deadline,
-            on_outcome=on_outcome, timeout=timeout, wait_timeout=wait_timeout,
+            on_outcome=on_outcome, on_listed=on_listed, timeout=timeout, wait_timeout=wait_timeout,
         )  # fmt: skip
 
     async def deallocate_pools(
@@ -663,6 +666,7 @@ class BatchDeallocClient:
         wait: bool = False,
         deadline: float | None = None,
         on_outcome: OutcomeCallback | None = None,
+        on_listed: ListedCallback | None = None,
         timeout: int | None = None,
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
     ) -> BulkReport:
@@ -689,7 +693,7 @@ class BatchDeallocClient:
         )
         async with asyncio.TaskGroup() as group:
             for pool in pools:
-                group.create_task(engine.run_pool(pool, wanted))
+                group.create_task(engine.run_pool(pool, wanted, on_listed))
         return self._report(engine, outcomes)
 
     # ------------------------------------------------------------------------------------------ the wire

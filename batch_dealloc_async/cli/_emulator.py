@@ -1,0 +1,97 @@
+"""``batch-dealloc emulator`` and ``batch-dealloc demo``: the parts of the CLI that need the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import TYPE_CHECKING
+
+from .._client import BatchDeallocClient
+from .._outcomes import BulkReport, NodeOutcome
+from ..emulator import BatchEmulator, EmulatorConfig, FaultConfig
+from ..emulator._main import serve
+
+if TYPE_CHECKING:
+    import argparse
+
+__all__ = ["demo_config", "run_demo", "run_emulator"]
+
+
+def run_emulator(args: argparse.Namespace) -> int:
+    """Serve in the foreground until Ctrl-C."""
+    pools: dict[str, int] = {}
+    for spec in args.pool or ["pool-1=100"]:
+        name, sep, count = spec.partition("=")
+        if not sep or not name or not count.isdigit():
+            raise ValueError(f"--pool takes NAME=COUNT, e.g. pool-a=2000; got {spec!r}")
+        pools[name] = int(count)
+    if not 0.0 <= args.fault_rate <= 1.0:
+        raise ValueError("--fault-rate is a share of requests, between 0 and 1")
+    config = EmulatorConfig(
+        pools=pools,
+        seed=args.seed,
+        throttle_rps=args.throttle_rps,
+        throttle_burst=args.throttle_burst,
+        faults=FaultConfig.mixed(args.fault_rate),
+    )
+    try:
+        asyncio.run(serve(config, args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"batch-dealloc: error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def demo_config(nodes: int, pools: int, seed: int) -> EmulatorConfig:
+    """Realistic pools: mixed states, an account throttled at 600 requests/second, a few faults."""
+    sizes = [nodes // pools + (1 if i < nodes % pools else 0) for i in range(pools)]
+    return EmulatorConfig(
+        pools={f"demo-pool-{i + 1}": size for i, size in enumerate(sizes)},
+        seed=seed,
+        deallocate_delay=2.0,
+        throttle_rps=600.0,
+        throttle_burst=40,
+        faults=FaultConfig.mixed(0.02, reset_after=0.004),
+    )
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Start the emulator in process and deallocate every eligible node of every pool, waiting for them."""
+    from . import EXIT_INTERRUPTED, exit_code  # noqa: PLC0415 (the package imports this module lazily)
+    from ._output import make_progress, print_report, write_jsonl  # noqa: PLC0415
+
+    config = demo_config(args.nodes, args.pools, args.seed)
+    outcomes: list[NodeOutcome] = []
+
+    async def demo() -> BulkReport:
+        async with BatchEmulator(config) as emu:
+            if args.output == "table":
+                sizes = ", ".join(f"{p} ({n} nodes)" for p, n in config.pools.items())
+                print(f"Emulator at {emu.endpoint}: {sizes}; throttled at {config.throttle_rps:.0f} requests/s, "
+                      "2% injected faults", file=sys.stderr)  # fmt: skip
+            async with BatchDeallocClient(emu.endpoint, emu.credential()) as client:
+                progress = make_progress(client.stats, None, quiet=args.quiet)
+
+                def on_outcome(outcome: NodeOutcome) -> None:
+                    outcomes.append(outcome)
+                    if args.output == "jsonl":
+                        write_jsonl(outcome)
+                    progress.outcome(outcome)
+
+                try:
+                    return await client.deallocate_pools(
+                        list(config.pools), wait=True, deadline=120,
+                        on_outcome=on_outcome, on_listed=lambda _p, n, others: progress.add_total(n + others),
+                    )  # fmt: skip
+                finally:
+                    progress.close()
+
+    try:
+        report = asyncio.run(demo())
+    except KeyboardInterrupt:
+        print_report(BulkReport(outcomes=outcomes), output=args.output, interrupted=True)
+        return EXIT_INTERRUPTED
+    print_report(report, output=args.output)
+    return exit_code(report)

@@ -1,0 +1,7 @@
+"""``python -m batch_dealloc_async.emulator``."""
+
+import sys
+
+from ._main import main
+
+sys.exit(main())

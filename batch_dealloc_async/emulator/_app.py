@@ -1,0 +1,485 @@
+"""The emulator's HTTP face: thin aiohttp.web handlers over :class:`BatchState`.
+
+Each request goes: authentication, throttling, injected faults (before), query checks, the operation,
+injected faults (after), latency. Errors are the service's BatchError JSON, with its content type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import email.utils
+import hashlib
+import hmac
+import json
+import socket
+import struct
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from aiohttp import web
+
+from .._auth import canonical_query
+from ._faults import AFTER_FAULTS, BEFORE_FAULTS, FaultPicker, TokenBucket
+from ._state import ServiceFault, decode_skiptoken, encode_skiptoken, parse_select, parse_state_filter
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from multidict import CIMultiDictProxy
+
+    from ._config import EmulatorConfig
+    from ._state import BatchState, Node
+    from ._stats import EmulatorStats
+
+__all__ = ["RUNTIME", "Runtime", "make_app"]
+
+API_VERSION: Final = "2025-06-01"
+JSON_TYPE: Final = "application/json;odata=minimalmetadata"
+_OPTIONS: Final = frozenset({"requeue", "terminate", "taskcompletion", "retaineddata"})
+_NO_AUTH_MESSAGE: Final = (
+    "Server failed to authenticate the request. Make sure the value of Authorization header is formed correctly "
+    "including the signature."
+)
+_HTML_502: Final = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n"
+    b"<hr><center>Microsoft-Azure-Application-Gateway/v2</center>\r\n</body>\r\n</html>\r\n"
+)
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
+_BAD_BODY: Final = "The specified Request Body is not syntactically valid."
+_ERRORS_METADATA: Final = "Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element"
+
+
+class Runtime:
+    """What the handlers share: state, configuration, counters, the bucket and the fault RNG."""
+
+    def __init__(
+        self,
+        state: BatchState,
+        stats: EmulatorStats,
+        *,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.state = state
+        self.stats = stats
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.endpoint = ""
+        self.picker = FaultPicker(state.config.seed)
+        self.bucket: TokenBucket | None = None
+        self.config = state.config
+        self._key = b""
+        self._date_cache: tuple[str, float | None] = ("", None)
+        self._http_second = -1
+        self._http_date = ""
+        self.apply(state.config)
+
+    def apply(self, config: EmulatorConfig) -> None:
+        """Take a new configuration (``BatchEmulator.update``); the state keeps its nodes."""
+        old = self.config
+        self.config = config
+        self.state.config = config
+        self._key = base64.b64decode(config.key)
+        if config.throttle_rps is None:
+            self.bucket = None
+        elif (
+            self.bucket is None
+            or old.throttle_rps != config.throttle_rps
+            or old.throttle_burst != config.throttle_burst
+        ):
+            self.bucket = TokenBucket(config.throttle_rps, config.throttle_burst, self.clock)
+
+    def http_date(self) -> str:
+        """Now, RFC 7231, formatted once per second."""
+        now = self.wall_clock()
+        second = int(now)
+        if second != self._http_second:
+            self._http_second = second
+            self._http_date = email.utils.formatdate(second, usegmt=True)
+        return self._http_date
+
+    def date_epoch(self, text: str) -> float | None:
+        """An RFC 7231 date as epoch seconds (the last one is remembered: clients reuse it within a second)."""
+        cached_text, cached = self._date_cache
+        if text == cached_text:
+            return cached
+        try:
+            parsed = email.utils.parsedate_to_datetime(text)
+            epoch = parsed.timestamp() if parsed.tzinfo is not None else None
+        except (TypeError, ValueError, IndexError, OverflowError):
+            epoch = None
+        self._date_cache = (text, epoch)
+        return epoch
+
+    def signature(self, string: str) -> str:
+        """Base64 HMAC-SHA256 under the account key."""
+        return base64.b64encode(hmac.new(self._key, string.encode(), hashlib.sha256).digest()).decode()
+
+
+RUNTIME: Final = web.AppKey("runtime", Runtime)
+
+
+class _Reset(Exception):  # noqa: N818 (control flow: the connection was reset on purpose)
+    pass
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+def _request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _error_response(runtime: Runtime, fault: ServiceFault, request: web.Request, request_id: str) -> web.Response:
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+    body: dict[str, Any] = {
+        "odata.metadata": f"{runtime.endpoint}/$metadata#{_ERRORS_METADATA}",
+        "code": fault.code,
+        "message": {"lang": "en-US", "value": f"{fault.message}\nRequestId:{request_id}\nTime:{now}"},
+    }
+    if fault.values:
+        body["values"] = [{"key": k, "value": v} for k, v in fault.values.items()]
+    headers = _common_headers(request.headers, request_id)
+    headers["Content-Type"] = JSON_TYPE
+    headers.update(fault.headers)
+    return web.Response(status=fault.status, body=json.dumps(body).encode(), headers=headers)
+
+
+def _common_headers(request_headers: CIMultiDictProxy[str], request_id: str) -> dict[str, str]:
+    headers = {"request-id": request_id, "DataServiceVersion": "3.0"}
+    if request_headers.get("return-client-request-id", "").lower() == "true":
+        crid = request_headers.get("client-request-id")
+        if crid is not None:
+            headers["client-request-id"] = crid
+    return headers
+
+
+def _authenticate(runtime: Runtime, request: web.Request) -> None:
+    """Shared Key (the documented algorithm, and optionally the Python SDK's timeOut variant) or a Bearer token."""
+    auth = request.headers.get("Authorization")
+    if auth is None:
+        raise ServiceFault(401, "AuthenticationFailed", _NO_AUTH_MESSAGE)
+    if auth.startswith("Bearer "):
+        if auth[7:] in runtime.config.bearer_tokens:
+            return
+        # A refused token is a 401 (as Microsoft Entra-protected Azure services answer), so clients refresh.
+        raise ServiceFault(401, "AuthenticationFailed", "The access token is invalid or has expired.")
+    if not auth.startswith("SharedKey "):
+        raise ServiceFault(401, "AuthenticationFailed", _NO_AUTH_MESSAGE)
+    _check_shared_key(runtime, request, auth[10:])
+
+
+def _denied(detail: str) -> ServiceFault:
+    return ServiceFault(403, "AuthenticationFailed", _NO_AUTH_MESSAGE, {"AuthenticationErrorDetail": detail})
+
+
+def _check_shared_key(runtime: Runtime, request: web.Request, credentials: str) -> None:
+    headers = request.headers
+    account, _, given = credentials.partition(":")
+    if account != runtime.config.account_name:
+        raise _denied("unknown account")
+    ocp_date = headers.get("ocp-date")
+    date = ocp_date or headers.get("Date")
+    if not date:
+        raise _denied("ocp-date or Date required")
+    sent = runtime.date_epoch(date)
+    if sent is None or abs(runtime.wall_clock() - sent) > runtime.config.max_clock_skew:
+        raise _denied("request date out of range")
+    ocp = "".join(
+        f"{k}:{v}\n" for k, v in sorted((k.lower(), v) for k, v in headers.items() if k.lower().startswith("ocp-"))
+    )
+    path = request.raw_path.partition("?")[0]
+    pairs = tuple(request.query.items())
+    # VERB, then Content-Encoding, -Language, -Length, -MD5, -Type, Date (empty when ocp-date is sent),
+    # If-Modified-Since, If-Match, If-None-Match, If-Unmodified-Since, Range; then ocp-* and the resource.
+    head = (
+        f"{request.method}\n\n\n{headers.get('Content-Length', '')}\n\n{headers.get('Content-Type', '')}\n"
+        f"{'' if ocp_date else date}\n\n\n\n\n\n{ocp}/{account}{path}"
+    )
+    if hmac.compare_digest(runtime.signature(head + canonical_query(pairs, lowercase_names=True)), given):
+        return
+    if runtime.config.accept_sdk_timeout_variant:
+        variant = head + canonical_query(pairs, lowercase_names=False)
+        if hmac.compare_digest(runtime.signature(variant), given):
+            runtime.stats.sdk_timeout_signatures += 1
+            return
+    raise _denied("signature mismatch")
+
+
+def _throttle(runtime: Runtime) -> None:
+    bucket = runtime.bucket
+    if bucket is None:
+        return
+    wait = bucket.take()
+    if wait is None:
+        return
+    runtime.stats.throttled += 1
+    headers = {"Retry-After": TokenBucket.retry_after(wait)}
+    if runtime.config.throttle_status == 503:  # noqa: PLR2004 (HTTP status)
+        raise ServiceFault(503, "ServerBusy", "The server is busy.", headers=headers)
+    raise ServiceFault(429, "TooManyRequests", "The server is busy, please retry.", headers=headers)
+
+
+def _check_query(query: Mapping[str, str]) -> None:
+    version = query.get("api-version")
+    if version is None:
+        raise ServiceFault(
+            400,
+            "MissingRequiredQueryParameter",
+            "A query parameter that's mandatory for this request is not specified.",
+            {"QueryParameterName": "api-version"},
+        )
+    if version != API_VERSION:
+        raise ServiceFault(
+            400,
+            "UnsupportedRequestVersion",
+            "The specified api-version is not supported.",
+            {"QueryParameterName": "api-version", "QueryParameterValue": version[:50]},
+        )
+    timeout = query.get("timeOut") if "timeOut" in query else query.get("timeout")
+    if timeout is not None:
+        try:
+            seconds = int(timeout)
+        except ValueError:
+            seconds = 0
+        if seconds < 1:  # larger than 30 is accepted and treated as 30, as the service does
+            raise ServiceFault(
+                400,
+                "InvalidQueryParameterValue",
+                "Value for one of the query parameters specified in the request URI is invalid.",
+                {"QueryParameterName": "timeOut", "QueryParameterValue": timeout[:50]},
+            )
+
+
+def _reset(request: web.Request) -> None:
+    """Drop the connection with a TCP reset, as a crashed front end would."""
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
+    raise _Reset
+
+
+def _before_fault(runtime: Runtime, request: web.Request, operation: str, request_id: str) -> web.Response | None:
+    faults = runtime.config.faults
+    if not faults.any_before or operation not in faults.operations:
+        return None
+    kind = runtime.picker.pick(faults, BEFORE_FAULTS)
+    if kind is None:
+        return None
+    runtime.stats.faults[kind] += 1
+    if kind == "reset_before":
+        _reset(request)
+    if kind == "html_502":
+        return web.Response(status=502, body=_HTML_502, headers={"Content-Type": "text/html"})
+    if kind == "truncated_json":
+        body = json.dumps({"code": "InternalError", "message": {"lang": "en-US", "value": "Server error"}}).encode()
+        headers = {"request-id": request_id, "Content-Type": JSON_TYPE}
+        return web.Response(status=500, body=body[: len(body) // 2], headers=headers)
+    if kind == "error_503":
+        raise ServiceFault(503, "ServiceUnavailable", "The service is temporarily unavailable.")
+    raise ServiceFault(500, "InternalError", "Server encountered an internal error. Please try again after some time.")
+
+
+async def _after_fault(runtime: Runtime, request: web.Request, operation: str) -> None:
+    faults = runtime.config.faults
+    if (faults.reset_after == 0 and faults.slow == 0) or operation not in faults.operations:
+        return
+    kind = runtime.picker.pick(faults, AFTER_FAULTS)
+    if kind is None:
+        return
+    runtime.stats.faults[kind] += 1
+    if kind == "reset_after":
+        _reset(request)
+    await asyncio.sleep(faults.slow_seconds)
+
+
+# ------------------------------------------------------------------------------------------------ operations
+
+
+async def _deallocate_body(request: web.Request) -> str:
+    if not request.body_exists:
+        return "requeue"
+    raw = await request.read()
+    if not raw:
+        return "requeue"
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ServiceFault(400, "InvalidRequestBody", _BAD_BODY) from None
+    if not isinstance(body, dict):
+        raise ServiceFault(400, "InvalidRequestBody", _BAD_BODY)
+    unknown = set(body) - {"nodeDeallocateOption"}
+    if unknown:
+        raise ServiceFault(
+            400,
+            "InvalidRequestBody",
+            _BAD_BODY,
+            {"PropertyName": min(unknown)[:50]},
+        )
+    option = body.get("nodeDeallocateOption", "requeue")
+    if option is None:
+        return "requeue"
+    if option not in _OPTIONS:
+        raise ServiceFault(
+            400,
+            "InvalidPropertyValue",
+            "The value provided for one of the properties in the request body is invalid.",
+            {"PropertyName": "nodeDeallocateOption", "PropertyValue": str(option)[:50]},
+        )
+    return str(option)
+
+
+def _changed(runtime: Runtime, request: web.Request, node: Node, pool_id: str, request_id: str) -> web.Response:
+    headers = _common_headers(request.headers, request_id)
+    headers["ETag"] = f"0x8DE{node.index:08X}{node.version:04X}"
+    headers["Last-Modified"] = runtime.http_date()
+    headers["DataServiceId"] = f"{runtime.endpoint}/pools/{pool_id}/nodes/{node.id}"
+    return web.Response(status=202, headers=headers)
+
+
+async def _operate(runtime: Runtime, request: web.Request, operation: str, request_id: str) -> web.Response:
+    info = request.match_info
+    state = runtime.state
+    if operation == "deallocate":
+        option = await _deallocate_body(request)
+        node = state.deallocate(info["pool"], info["node"], option)
+        return _changed(runtime, request, node, info["pool"], request_id)
+    if operation == "start":
+        node = state.start(info["pool"], info["node"])
+        return _changed(runtime, request, node, info["pool"], request_id)
+    query = request.query
+    select = parse_select(query.get("$select"))
+    if operation == "get":
+        node = state.node(info["pool"], info["node"])
+        body = state.to_wire(node, runtime.endpoint, info["pool"], select)
+        body = {"odata.metadata": f"{runtime.endpoint}/$metadata#nodes/@Element", **body}
+        headers = _common_headers(request.headers, request_id)
+        headers["ETag"] = f"0x8DE{node.index:08X}{node.version:04X}"
+        headers["Last-Modified"] = runtime.http_date()
+        headers["Content-Type"] = JSON_TYPE
+        return web.Response(status=200, body=json.dumps(body).encode(), headers=headers)
+    return _list(runtime, request, info["pool"], select, request_id)
+
+
+def _list(
+    runtime: Runtime, request: web.Request, pool_id: str, select: frozenset[str] | None, request_id: str
+) -> web.Response:
+    query = request.query
+    filter_text = query.get("$filter")
+    allowed = parse_state_filter(filter_text) if filter_text is not None else None
+    limit_text = query.get("maxresults")
+    limit = runtime.config.max_results
+    if limit_text is not None:
+        try:
+            limit = int(limit_text)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= runtime.config.max_results:
+            raise ServiceFault(
+                400,
+                "OutOfRangeQueryParameterValue",
+                "One of the query parameters specified in the request URI is outside the permissible range.",
+                {"QueryParameterName": "maxresults", "QueryParameterValue": limit_text[:50]},
+            )
+    token = query.get("$skiptoken")
+    start = decode_skiptoken(token) if token is not None else 0
+    state = runtime.state
+    nodes, following = state.page(pool_id, allowed, start, limit)
+    body: dict[str, Any] = {
+        "odata.metadata": f"{runtime.endpoint}/$metadata#nodes",
+        "value": [state.to_wire(n, runtime.endpoint, pool_id, select) for n in nodes],
+    }
+    if following is not None:
+        link = request.rel_url.update_query({"$skiptoken": encode_skiptoken(following)})
+        body["odata.nextLink"] = f"{runtime.endpoint}{link.raw_path_qs}"
+    headers = _common_headers(request.headers, request_id)
+    headers["Content-Type"] = JSON_TYPE
+    return web.Response(status=200, body=json.dumps(body).encode(), headers=headers)
+
+
+async def _serve(request: web.Request, operation: str) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    request_id = _request_id()
+    status = 0
+    try:
+        config = runtime.config
+        try:
+            if config.auth:
+                try:
+                    _authenticate(runtime, request)
+                except ServiceFault:
+                    runtime.stats.auth_failures += 1
+                    raise
+            _throttle(runtime)
+            early = _before_fault(runtime, request, operation, request_id)
+            if early is not None:
+                response = early
+            else:
+                _check_query(request.query)
+                response = await _operate(runtime, request, operation, request_id)
+                await _after_fault(runtime, request, operation)
+        except ServiceFault as fault:
+            response = _error_response(runtime, fault, request, request_id)
+        faults = config.faults
+        if faults.latency or faults.latency_jitter:
+            await asyncio.sleep(faults.latency + runtime.picker.jitter(faults.latency_jitter))
+        status = response.status
+    except _Reset:
+        status = -1  # counted as status -1: a reset
+        raise asyncio.CancelledError from None  # aiohttp drops the (already aborted) connection quietly
+    finally:
+        runtime.stats.requests[(operation, status)] += 1
+    return response
+
+
+async def _deallocate(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "deallocate")
+
+
+async def _start(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "start")
+
+
+async def _get(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "get")
+
+
+async def _list_nodes(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "list")
+
+
+async def _unknown(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    fault = ServiceFault(404, "ResourceNotFound", "The specified resource does not exist.")
+    return _error_response(runtime, fault, request, _request_id())
+
+
+async def _stats(request: web.Request) -> web.StreamResponse:
+    return web.json_response(request.app[RUNTIME].stats.to_dict())
+
+
+async def _health(request: web.Request) -> web.StreamResponse:
+    del request
+    return web.json_response({"status": "ok"})
+
+
+def make_app(runtime: Runtime) -> web.Application:
+    """The aiohttp application serving ``runtime``."""
+    app = web.Application(client_max_size=1024 * 1024)
+    app[RUNTIME] = runtime
+    router = app.router
+    router.add_get("/_emulator/stats", _stats)
+    router.add_get("/_emulator/health", _health)
+    router.add_post("/pools/{pool}/nodes/{node}/deallocate", _deallocate)
+    router.add_post("/pools/{pool}/nodes/{node}/start", _start)
+    router.add_get("/pools/{pool}/nodes/{node}", _get, allow_head=False)
+    router.add_get("/pools/{pool}/nodes", _list_nodes, allow_head=False)
+    router.add_route("*", "/{tail:.*}", _unknown)
+    return app

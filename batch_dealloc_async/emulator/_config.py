@@ -1,0 +1,166 @@
+"""The emulator's configuration: one frozen attrs class (plus the faults), every random choice seeded."""
+
+from __future__ import annotations
+
+import base64
+import math
+import random
+from collections.abc import Mapping  # noqa: TC003 (attrs converters resolve it at runtime)
+from typing import Final
+
+import attrs
+
+__all__ = ["DEFAULT_STATE_MIX", "OPERATIONS", "EmulatorConfig", "FaultConfig"]
+
+OPERATIONS: Final = frozenset({"deallocate", "start", "get", "list"})
+
+DEFAULT_STATE_MIX: Final[Mapping[str, float]] = {
+    "idle": 0.55,
+    "running": 0.30,
+    "starting": 0.04,
+    "unusable": 0.03,
+    "starttaskfailed": 0.03,
+    "offline": 0.02,
+    "deallocated": 0.03,
+}
+
+
+def _probability(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must be a probability in [0, 1], got {value!r}")
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class FaultConfig:
+    """Injected faults, each a probability per request of an affected operation.
+
+    Attributes:
+        error_500: Answer ``500 InternalError`` without processing.
+        error_503: Answer ``503 ServiceUnavailable`` (no Retry-After: an outage, not throttling) without processing.
+        reset_before: Reset the connection before processing (nothing changes).
+        reset_after: Apply the change, then reset the connection (the ambiguous case a client must reconcile).
+        slow: Apply the change, then answer only after ``slow_seconds`` (slower than a client's timeout).
+        slow_seconds: See ``slow``.
+        html_502: Answer a proxy's HTML ``502 Bad Gateway`` page without processing.
+        truncated_json: Answer ``500`` with a BatchError body cut in half, without processing.
+        latency: Seconds added to every answer.
+        latency_jitter: Up to this many more seconds, uniformly.
+        operations: The operations faults apply to (``deallocate``, ``start``, ``get``, ``list``).
+    """
+
+    error_500: float = attrs.field(default=0.0, validator=_probability)
+    error_503: float = attrs.field(default=0.0, validator=_probability)
+    reset_before: float = attrs.field(default=0.0, validator=_probability)
+    reset_after: float = attrs.field(default=0.0, validator=_probability)
+    slow: float = attrs.field(default=0.0, validator=_probability)
+    slow_seconds: float = attrs.field(default=40.0, validator=_non_negative)
+    html_502: float = attrs.field(default=0.0, validator=_probability)
+    truncated_json: float = attrs.field(default=0.0, validator=_probability)
+    latency: float = attrs.field(default=0.0, validator=_non_negative)
+    latency_jitter: float = attrs.field(default=0.0, validator=_non_negative)
+    operations: frozenset[str] = attrs.field(default=OPERATIONS, converter=frozenset)
+
+    @operations.validator
+    def _check_operations(self, _: attrs.Attribute[frozenset[str]], value: frozenset[str]) -> None:
+        if not value <= OPERATIONS:
+            raise ValueError(f"operations must be among {sorted(OPERATIONS)}, got {sorted(value)}")
+
+    @classmethod
+    def mixed(cls, rate: float, **overrides: object) -> FaultConfig:
+        """A realistic mix totalling about ``rate``: half server errors, the rest resets and bad bodies."""
+        mix = {
+            "error_500": rate * 0.3,
+            "error_503": rate * 0.2,
+            "reset_before": rate * 0.2,
+            "reset_after": rate * 0.15,
+            "html_502": rate * 0.1,
+            "truncated_json": rate * 0.05,
+        }
+        mix.update(overrides)  # type: ignore[arg-type]
+        return cls(**mix)  # type: ignore[arg-type]
+
+    @property
+    def any_before(self) -> bool:
+        """Whether any fault can happen before processing."""
+        return self.error_500 + self.error_503 + self.reset_before + self.html_502 + self.truncated_json > 0
+
+
+def _pools(value: Mapping[str, int]) -> Mapping[str, int]:
+    pools = dict(value)
+    for pool, count in pools.items():
+        if not isinstance(pool, str) or not pool or len(pool) > 64:  # noqa: PLR2004 (the service's limit)
+            raise ValueError(f"pool id {pool!r} must be 1..64 characters")
+        if not isinstance(count, int) or count < 0:
+            raise ValueError(f"pool {pool!r} needs a node count >= 0, got {count!r}")
+    return pools
+
+
+def _mix(value: Mapping[str, float]) -> Mapping[str, float]:
+    mix = dict(value)
+    if not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+        raise ValueError("state_mix needs non-negative weights with a positive sum")
+    return mix
+
+
+@attrs.frozen(kw_only=True)
+class EmulatorConfig:
+    """Everything the emulator does, in one value; replace fields at runtime with ``BatchEmulator.update``.
+
+    Attributes:
+        pools: Pool id to node count.
+        seed: Seeds every random choice (ids, states, faults), so a run can be replayed.
+        account_name: The account name Shared Key requests must carry.
+        account_key: The account key (base64); derived from the seed when not given.
+        state_mix: Weights of the states nodes start in.
+        deallocate_delay: Seconds a node stays ``deallocating``.
+        taskcompletion_delay: The same for ``taskcompletion``/``retaineddata`` on a ``running`` node.
+        start_delay: Seconds a started node stays ``starting``.
+        auth: Check credentials (False: accept any request).
+        bearer_tokens: Bearer tokens accepted besides Shared Key.
+        accept_sdk_timeout_variant: Also accept the Python SDK's Shared Key form, which keeps ``timeOut``'s
+            case in the canonical query (counted in stats).
+        max_clock_skew: Seconds an ``ocp-date``/``Date`` may be off (the service's 15 minutes).
+        throttle_rps: Requests per second for the whole account; ``None`` for no throttling.
+        throttle_burst: The token bucket's size.
+        throttle_status: 429 (TooManyRequests) or 503 (ServerBusy) when throttled.
+        faults: Injected faults.
+        max_results: The service's default and maximum page size.
+    """
+
+    pools: Mapping[str, int] = attrs.field(factory=lambda: {"pool-1": 100}, converter=_pools)
+    seed: int = 0
+    account_name: str = "emulator"
+    account_key: str | None = None
+    state_mix: Mapping[str, float] = attrs.field(factory=lambda: dict(DEFAULT_STATE_MIX), converter=_mix)
+    deallocate_delay: float = attrs.field(default=2.0, validator=_non_negative)
+    taskcompletion_delay: float = attrs.field(default=6.0, validator=_non_negative)
+    start_delay: float = attrs.field(default=2.0, validator=_non_negative)
+    auth: bool = True
+    bearer_tokens: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset, repr=False)
+    accept_sdk_timeout_variant: bool = True
+    max_clock_skew: float = attrs.field(default=900.0, validator=_non_negative)
+    throttle_rps: float | None = None
+    throttle_burst: int = 30
+    throttle_status: int = 429
+    faults: FaultConfig = attrs.field(factory=FaultConfig)
+    max_results: int = 1000
+
+    def __attrs_post_init__(self) -> None:
+        if self.throttle_rps is not None and not self.throttle_rps > 0:
+            raise ValueError("throttle_rps must be > 0 (or None for no throttling)")
+        if self.throttle_burst < 1:
+            raise ValueError("throttle_burst must be >= 1")
+        if self.throttle_status not in {429, 503}:
+            raise ValueError("throttle_status must be 429 or 503")
+
+    @property
+    def key(self) -> str:
+        """The account key in use (given, or derived from the seed)."""
+        if self.account_key is not None:
+            return self.account_key
+        return base64.b64encode(random.Random(f"key-{self.seed}").randbytes(64)).decode()  # noqa: S311 (test key)
