@@ -137,6 +137,8 @@ class BulkEngine:
         self._emit_fn = emit
         self._room = room
         self.stats = ClientStats()
+        self.poll_rounds = 0  # with wait: listing rounds, and the requests they took (also in ``stats``)
+        self.poll_requests = 0
         self._stopped: BaseException | None = None  # an auth failure stops the run
         self.pool_errors: dict[str, BatchDeallocError] = {}
         loop = asyncio.get_running_loop()
@@ -210,7 +212,7 @@ class BulkEngine:
         try:
             async with asyncio.timeout_at(self._deadline_at), asyncio.TaskGroup() as group:
                 for worker in workers:
-                    group.create_task(self._work(pool_id, feed, worker, pending))
+                    group.create_task(self._work(pool_id, feed, worker, pending), name="batch-dealloc-worker")
         except TimeoutError:
             if not self._deadline_passed():
                 raise  # not our deadline
@@ -304,6 +306,16 @@ class BulkEngine:
 
     async def _wait_deallocated(self, pool_id: str, pending: dict[str, NodeOutcome]) -> None:
         """Poll List Nodes (filtered, id and state only) until every pending node is deallocated."""
+        polls = ClientStats()
+        try:
+            await self._poll(pool_id, pending, polls)
+        finally:
+            self.poll_requests += polls.requests
+            self.stats.requests += polls.requests
+            self.stats.retries += polls.retries
+            self.stats.throttled += polls.throttled
+
+    async def _poll(self, pool_id: str, pending: dict[str, NodeOutcome], polls: ClientStats) -> None:
         loop = asyncio.get_running_loop()
         delay = _FIRST_POLL
         filter_ = state_filter(_WAITING_STATES)
@@ -313,9 +325,10 @@ class BulkEngine:
                 break
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * _POLL_GROWTH, _POLL_CAP)
+            self.poll_rounds += 1
             try:
                 async with asyncio.timeout_at(self._wait_until):
-                    async for node in self._client._list(pool_id, filter_, run=self.stats):  # noqa: SLF001
+                    async for node in self._client._list(pool_id, filter_, run=polls):  # noqa: SLF001
                         outcome = pending.get(node.id)
                         if outcome is None:
                             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import logging
@@ -529,6 +530,8 @@ class BatchDeallocClient:
             throttled=stats.throttled,
             elapsed=engine.elapsed(),
             pool_errors=dict(engine.pool_errors),
+            poll_rounds=engine.poll_rounds,
+            poll_requests=engine.poll_requests,
         )
 
     async def deallocate_nodes(
@@ -620,11 +623,19 @@ class BatchDeallocClient:
             finally:
                 ready.put_nowait(None)
 
-        async with asyncio.TaskGroup() as group:
-            group.create_task(produce())
+        # Not a TaskGroup: a generator must not yield inside one (closing it early would turn GeneratorExit into
+        # an exception group). The task is still structured: cancelled and awaited whatever way the loop ends.
+        producer = asyncio.create_task(produce(), name="batch-dealloc-iter")
+        try:
             while (outcome := await ready.get()) is not None:
                 room.set()
                 yield outcome
+            await producer  # re-raises what stopped the run, if anything did
+        finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
 
     async def deallocate_pool(
         self,
@@ -693,7 +704,7 @@ class BatchDeallocClient:
         )
         async with asyncio.TaskGroup() as group:
             for pool in pools:
-                group.create_task(engine.run_pool(pool, wanted, on_listed))
+                group.create_task(engine.run_pool(pool, wanted, on_listed), name=f"batch-dealloc-pool-{pool}")
         return self._report(engine, outcomes)
 
     # ------------------------------------------------------------------------------------------ the wire

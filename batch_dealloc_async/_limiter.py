@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -180,7 +181,8 @@ class AdaptiveLimiter:
                 if waiter.done() and not waiter.cancelled():
                     self.release()  # the slot was handed to us as we were cancelled: pass it on
                 else:
-                    self._slot_waiters.remove(waiter)
+                    with contextlib.suppress(ValueError):  # release() may have dropped it already
+                        self._slot_waiters.remove(waiter)
                 raise
         if self._rate is not None:
             try:

@@ -133,10 +133,14 @@ class BulkReport:
         throttled: Throttled responses (429, 503 ServerBusy).
         elapsed: Seconds from start to end.
         pool_errors: Pools that could not be listed (pool mode), with the error; their nodes are unknown.
+        poll_rounds: With ``wait``: rounds of listing (per pool) while waiting for ``deallocated``.
+        poll_requests: The requests those rounds took (included in ``requests``).
     """
 
     outcomes: list[NodeOutcome] = attrs.field(factory=list)
     pool_errors: dict[str, BatchDeallocError] = attrs.field(factory=dict)
+    poll_rounds: int = 0
+    poll_requests: int = 0
     requests: int = 0
     retries: int = 0
     throttled: int = 0
@@ -179,6 +183,8 @@ class BulkReport:
             "throttled": self.throttled,
             "elapsed": round(self.elapsed, 3),
             "pool_errors": {pool: str(error) for pool, error in self.pool_errors.items()},
+            "poll_rounds": self.poll_rounds,
+            "poll_requests": self.poll_requests,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,4 +201,6 @@ class BulkReport:
             merged.retries += report.retries
             merged.throttled += report.throttled
             merged.pool_errors.update(report.pool_errors)
+            merged.poll_rounds += report.poll_rounds
+            merged.poll_requests += report.poll_requests
         return merged
