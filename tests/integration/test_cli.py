@@ -146,7 +146,7 @@ async def test_sigint_prints_the_partial_summary_and_exits_130(output) -> None:
             *CLI, "deallocate", "--endpoint", emu.endpoint, "--pool", "slow", "--all", "--max-concurrency", "4",
             "--output", output, env=env_for(emu), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        while emu.stats.count("deallocate") < 20:
+        while emu.stats.count("deallocate") < 20:  # noqa: ASYNC110 (the run is in another process)
             await asyncio.sleep(0.05)
         process.send_signal(signal.SIGINT)
         stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
