@@ -306,7 +306,12 @@ async def _after_fault(runtime: Runtime, request: web.Request, operation: str) -
 async def _deallocate_body(request: web.Request) -> str:
     if not request.body_exists:
         return "requeue"
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ServiceFault(
+            413, "RequestBodyTooLarge", "The request body is too large and exceeds the maximum permissible limit."
+        ) from None
     if not raw:
         return "requeue"
     try:
@@ -380,7 +385,12 @@ def _list(
         try:
             limit = int(limit_text)
         except ValueError:
-            limit = 0
+            raise ServiceFault(
+                400,
+                "InvalidQueryParameterValue",
+                "Value for one of the query parameters specified in the request URI is invalid.",
+                {"QueryParameterName": "maxresults", "QueryParameterValue": limit_text[:50]},
+            ) from None
         if not 1 <= limit <= runtime.config.max_results:
             raise ServiceFault(
                 400,
@@ -428,12 +438,15 @@ async def _serve(request: web.Request, operation: str) -> web.StreamResponse:
         except ServiceFault as fault:
             response = _error_response(runtime, fault, request, request_id)
         faults = config.faults
-        if faults.latency or faults.latency_jitter:
+        if (faults.latency or faults.latency_jitter) and operation in faults.operations:
             await asyncio.sleep(faults.latency + runtime.picker.jitter(faults.latency_jitter))
         status = response.status
     except _Reset:
         status = -1  # counted as status -1: a reset
         raise asyncio.CancelledError from None  # aiohttp drops the (already aborted) connection quietly
+    except asyncio.CancelledError:
+        status = 499  # the client went away first (nginx's "client closed request")
+        raise
     finally:
         runtime.stats.requests[(operation, status)] += 1
     return response

@@ -48,7 +48,7 @@ class FaultConfig:
         slow_seconds: See ``slow``.
         html_502: Answer a proxy's HTML ``502 Bad Gateway`` page without processing.
         truncated_json: Answer ``500`` with a BatchError body cut in half, without processing.
-        latency: Seconds added to every answer.
+        latency: Seconds added to every answer of an affected operation.
         latency_jitter: Up to this many more seconds, uniformly.
         operations: The operations faults apply to (``deallocate``, ``start``, ``get``, ``list``).
     """

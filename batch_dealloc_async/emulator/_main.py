@@ -38,6 +38,21 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _state_mix(text: str) -> dict[str, float]:
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        state, sep, weight = part.strip().partition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = -1.0
+        if not sep or not state or value < 0:
+            message = f"--state-mix takes STATE=WEIGHT,..., e.g. idle=0.6,running=0.4; got {text!r}"
+            raise argparse.ArgumentTypeError(message)
+        mix[state] = value
+    return mix
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The emulator's options (shared with ``batch-dealloc emulator``)."""
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -52,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fault-rate", type=_fraction, default=0.0, help="share of requests with an injected fault")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
     parser.add_argument("--deallocate-delay", type=float, default=2.0, help="seconds in 'deallocating' (default 2)")
+    parser.add_argument(
+        "--state-mix", type=_state_mix, help="initial states, e.g. idle=0.6,running=0.4 (default: a realistic mix)"
+    )
     parser.add_argument("--account-name", default="emulator")
     parser.add_argument("--account-key", help="base64 key (default: derived from the seed)")
     parser.add_argument("--no-auth", action="store_true", help="accept requests without credentials")
@@ -70,7 +88,9 @@ def config_from(args: argparse.Namespace) -> EmulatorConfig:
     """The configuration the options describe."""
     pools = dict(args.pool) or {"pool-1": 100}
     faults = FaultConfig.mixed(args.fault_rate, latency=args.latency)
+    extra = {"state_mix": args.state_mix} if args.state_mix else {}
     return EmulatorConfig(
+        **extra,
         pools=pools,
         seed=args.seed,
         account_name=args.account_name,
