@@ -264,8 +264,8 @@ class BulkEngine:
             return NodeOutcome(pool_id=pool_id, node_id=str(node_id), status=OutcomeStatus.FAILED, error=exc)
         request = client._deallocate_request(pool_id, node_id, self._body, self._timeout)  # noqa: SLF001
         try:
-            result = await client._deallocate(  # noqa: SLF001 (the engine is the client's own bulk half)
-                request, pool_id, node_id, service_timeout=self._timeout, client_request_id=None, run=self.stats
+            result = await client._bulk_deallocate(  # noqa: SLF001 (the engine is the client's own bulk half)
+                request, pool_id, node_id, self._timeout, self.stats
             )
         except ConflictError as exc:
             state = await self._peek_state(pool_id, node_id)

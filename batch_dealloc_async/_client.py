@@ -353,23 +353,68 @@ class BatchDeallocClient:
         ocp_date: float | None = None,
     ) -> DeallocateResult:
         call = _Call(client_request_id or str(uuid.uuid4()), run, f"deallocate {pool_id}/{node_id}")
+        return await self._deallocate_call(
+            request, pool_id, node_id, call, service_timeout=service_timeout, echo=echo, ocp_date=ocp_date
+        )
+
+    async def _deallocate_call(
+        self,
+        request: rq.Request,
+        pool_id: str,
+        node_id: str,
+        call: _Call,
+        *,
+        service_timeout: int | None,
+        echo: bool = True,
+        ocp_date: float | None = None,
+        first_error: BatchDeallocError | None = None,
+    ) -> DeallocateResult:
+        """The whole call: retries, then the 409 reconciliation; ``first_error`` continues after a failed attempt."""
         try:
-            reply = await self._call(request, call, 202, service_timeout, echo=echo, ocp_date=ocp_date)
+            reply = await self._call(
+                request, call, 202, service_timeout, echo=echo, ocp_date=ocp_date, first_error=first_error
+            )
         except ConflictError as exc:
             if not call.ambiguous:
                 raise
             return await self._reconcile(pool_id, node_id, call, exc)
+        return self._accepted(reply, pool_id, node_id, call)
+
+    @staticmethod
+    def _accepted(reply: _Reply, pool_id: str, node_id: str, call: _Call) -> DeallocateResult:
         headers = reply.headers
         return DeallocateResult(
             pool_id=pool_id,
             node_id=node_id,
-            request_id=rq.header(headers, "request-id"),
+            request_id=headers.get("request-id") or None,
             client_request_id=call.client_request_id,
-            etag=rq.header(headers, "ETag"),
+            etag=headers.get("ETag") or None,
             last_modified=rq.parse_http_date_cached(headers.get("Last-Modified")),
-            data_service_id=rq.header(headers, "DataServiceId"),
+            data_service_id=headers.get("DataServiceId") or None,
             attempts=call.attempts,
         )
+
+    async def _bulk_deallocate(
+        self, request: rq.Request, pool_id: str, node_id: str, service_timeout: int | None, run: ClientStats
+    ) -> DeallocateResult:
+        """One node of a bulk run, the first attempt straight to the wire.
+
+        Two coroutine layers fewer per request (measured in benchmarks/); any failure continues through the
+        same retry and reconciliation path as :meth:`deallocate_node`.
+        """
+        call = _Call(str(uuid.uuid4()), run, f"deallocate {pool_id}/{node_id}")
+        policy = self._retry
+        per_attempt = float(service_timeout or rq.MAX_SERVICE_TIMEOUT) + policy.timeout_margin
+        try:
+            reply = await self._attempt(
+                self._check_open(), request, call, 202, self._timeout_for(per_attempt, policy.deadline),
+                echo=True, ocp_date=None,
+            )  # fmt: skip
+        except BatchDeallocError as exc:
+            return await self._deallocate_call(
+                request, pool_id, node_id, call, service_timeout=service_timeout, first_error=exc
+            )
+        return self._accepted(reply, pool_id, node_id, call)
 
     async def _reconcile(self, pool_id: str, node_id: str, call: _Call, conflict: ConflictError) -> DeallocateResult:
         """An earlier attempt may have worked: a 409 then means 'already deallocating', not failure."""
@@ -718,6 +763,7 @@ class BatchDeallocClient:
         *,
         echo: bool = True,
         ocp_date: float | None = None,
+        first_error: BatchDeallocError | None = None,
     ) -> _Reply:
         session = self._check_open()
         policy = self._retry
@@ -726,15 +772,18 @@ class BatchDeallocClient:
         # The first attempt runs outside tenacity: most calls succeed at once, and building a retry loop for
         # each of them costs more CPU than the rest of the call (measured in benchmarks/). A failure is
         # replayed as the loop's first outcome below, so tenacity decides on it exactly as if it had sent it.
-        try:
-            return await self._attempt(
-                session, request, call, expected, self._timeout_for(per_attempt, policy.deadline), echo=echo,
-                ocp_date=ocp_date,
-            )  # fmt: skip
-        except BatchDeallocError as exc:
-            if policy.max_attempts < 2 or not (policy.is_retryable(exc) or self._refresh_after(exc, call)):  # noqa: PLR2004
-                raise
-            first: BatchDeallocError | None = exc
+        if first_error is None:
+            try:
+                return await self._attempt(
+                    session, request, call, expected, self._timeout_for(per_attempt, policy.deadline), echo=echo,
+                    ocp_date=ocp_date,
+                )  # fmt: skip
+            except BatchDeallocError as exc:
+                first_error = exc
+        retry_it = policy.is_retryable(first_error) or self._refresh_after(first_error, call)
+        if policy.max_attempts < 2 or not retry_it:  # noqa: PLR2004 (one attempt means no retry)
+            raise first_error
+        first: BatchDeallocError | None = first_error
         retrying = build_retrying(
             policy,
             start=start,
@@ -744,7 +793,6 @@ class BatchDeallocClient:
             retry_now=lambda exc: self._refresh_after(exc, call, replayed=exc is first_error),
             before_sleep=lambda state: self._before_sleep(state, call),
         )
-        first_error = first
         async for attempt in retrying:
             with attempt:
                 if first is not None:

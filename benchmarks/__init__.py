@@ -1,0 +1,1 @@
+"""Benchmarks of batch-dealloc-async against a bare aiohttp loop and the official SDK (see run.py)."""

@@ -1,0 +1,225 @@
+"""One contestant, one run, in a process of its own: ``python -m benchmarks.worker '<json spec>'``.
+
+The process pins itself to one core, reads the node ids from a file, runs, and prints one JSON line with its
+own CPU time (user + sys), wall time, latencies, peak memory and outcome counts. The orchestrator
+(``benchmarks/run.py``) reads the emulator's counters around the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import email.utils
+import hashlib
+import hmac
+import json
+import os
+import resource
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from batch_dealloc_async import BatchDeallocClient, NodeOutcome, RetryPolicy, SharedKeyCredential
+
+API = "2025-06-01"
+SAMPLE = 16  # latency is recorded for one node in 16, so measuring it costs no contestant noticeable CPU
+
+
+def pin(core: int | None) -> None:
+    if core is not None and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {core})
+
+
+def rss_kib() -> int:
+    """The current resident set size in KiB (Linux)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+class Signer:
+    """Shared Key for the bare loop: the documented algorithm, written out the way a hand-rolled client would."""
+
+    def __init__(self, account: str, key: str) -> None:
+        self.account = account
+        self.key = base64.b64decode(key)
+
+    def headers(self, path: str) -> dict[str, str]:
+        date = email.utils.formatdate(usegmt=True)
+        string = f"POST\n\n\n0\n\n\n\n\n\n\n\n\nocp-date:{date}\n/{self.account}{path}\napi-version:{API}"
+        digest = hmac.new(self.key, string.encode(), hashlib.sha256).digest()
+        return {
+            "client-request-id": str(uuid.uuid4()),
+            "ocp-date": date,
+            "Authorization": f"SharedKey {self.account}:{base64.b64encode(digest).decode()}",
+        }
+
+
+async def run_bare(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    """The floor: aiohttp, a semaphore, a signature, one POST per node; optionally sleeping Retry-After on 429."""
+    signer = Signer(spec["account"], spec["key"])
+    semaphore = asyncio.Semaphore(spec["concurrency"])
+    latencies: list[float] = []
+    failed = 0
+    naive_retry = spec.get("naive_retry", False)
+    connector = aiohttp.TCPConnector(limit=spec["concurrency"])
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(node_id: str) -> None:
+            nonlocal failed
+            path = f"/pools/{spec['pool']}/nodes/{node_id}/deallocate"
+            url = f"{spec['endpoint']}{path}?api-version={API}"
+            async with semaphore:
+                started = time.perf_counter()
+                for _ in range(50):
+                    async with session.post(
+                        url, headers=signer.headers(path), skip_auto_headers=("Content-Type",)
+                    ) as r:
+                        if r.status == 202:
+                            if hash(node_id) % SAMPLE == 0:
+                                latencies.append(time.perf_counter() - started)
+                            return
+                        await r.read()
+                        if not (naive_retry and r.status in {429, 503}):
+                            break
+                        await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+                failed += 1
+
+        async with asyncio.TaskGroup() as group:
+            for node_id in ids:
+                group.create_task(one(node_id))
+    return {"latencies": latencies, "failed": failed}
+
+
+async def run_ours(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    """This library: deallocate_nodes (or iter_deallocate_nodes for the scale run)."""
+    credential = SharedKeyCredential(spec["account"], spec["key"])
+    latencies: list[float] = []
+    started: dict[str, float] = {}
+    result: dict[str, Any] = {}
+    measure = spec.get("latency", True)
+
+    def source():  # noqa: ANN202 (a generator of ids)
+        for node_id in ids:
+            if measure and hash(node_id) % SAMPLE == 0:
+                started[node_id] = time.perf_counter()
+            yield node_id
+
+    def on_outcome(outcome: NodeOutcome) -> None:
+        begun = started.pop(outcome.node_id, None) if measure else None
+        if begun is not None and outcome.ok:
+            latencies.append(time.perf_counter() - begun)
+
+    async with BatchDeallocClient(
+        spec["endpoint"],
+        credential,
+        max_concurrency=spec["concurrency"],
+        adaptive=spec.get("adaptive", True),
+        retry=RetryPolicy(),
+    ) as client:
+        if spec.get("mode") == "iter":
+            counts: dict[str, int] = {}
+            async for outcome in client.iter_deallocate_nodes(spec["pool"], (n for n in ids)):
+                counts[outcome.status.value] = counts.get(outcome.status.value, 0) + 1
+            result["counts"] = counts
+            result["failed"] = sum(v for k, v in counts.items() if k not in {"accepted", "deallocated", "skipped"})
+        else:
+            report = await client.deallocate_nodes(
+                spec["pool"],
+                source(),
+                on_outcome=on_outcome,
+                wait=spec.get("wait", False),
+                deadline=spec.get("deadline"),
+            )
+            result["counts"] = report.counts
+            result["failed"] = sum(not o.ok for o in report.outcomes)
+            result["poll_requests"] = report.poll_requests
+            result["poll_rounds"] = report.poll_rounds
+        result["client_requests"] = client.stats.requests
+        result["client_throttled"] = client.stats.throttled
+    result["latencies"] = latencies
+    return result
+
+
+async def run_sdk(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    """The official azure-batch 15.1.0 async client under the same semaphore (its default retry policy)."""
+    from azure.batch import models  # noqa: PLC0415 (benchmark extra only)
+    from azure.batch.aio import BatchClient  # noqa: PLC0415
+    from azure.core.credentials import AzureNamedKeyCredential  # noqa: PLC0415
+
+    credential = AzureNamedKeyCredential(spec["account"], spec["key"])
+    options = models._models.BatchNodeDeallocateOptions(node_deallocate_option="requeue")  # noqa: SLF001
+    semaphore = asyncio.Semaphore(spec["concurrency"])
+    latencies: list[float] = []
+    failed = 0
+    poller = spec.get("poller", False)
+    async with BatchClient(spec["endpoint"], credential) as client:
+
+        async def one(node_id: str) -> None:
+            nonlocal failed
+            async with semaphore:
+                started = time.perf_counter()
+                try:
+                    if poller:
+                        lro = await client.begin_deallocate_node(
+                            spec["pool"], node_id, options, polling_interval=spec.get("polling_interval", 5)
+                        )
+                        await lro.result()
+                    else:
+                        await client._deallocate_node_internal(spec["pool"], node_id, options)  # noqa: SLF001
+                except Exception:  # a lost node, whatever the SDK raised
+                    failed += 1
+                    return
+                if hash(node_id) % SAMPLE == 0:
+                    latencies.append(time.perf_counter() - started)
+
+        async with asyncio.TaskGroup() as group:
+            for node_id in ids:
+                group.create_task(one(node_id))
+    return {"latencies": latencies, "failed": failed}
+
+
+RUNNERS = {"bare": run_bare, "ours": run_ours, "sdk": run_sdk}
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    pin(spec.get("core"))
+    ids = Path(spec["ids_file"]).read_text().split()
+    if spec.get("count"):
+        ids = ids[: spec["count"]]
+    baseline_rss = rss_kib()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    wall = time.perf_counter()
+    result = asyncio.run(RUNNERS[spec["contestant"]](spec, ids))
+    wall = time.perf_counter() - wall
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    latencies = result.pop("latencies")
+    result.update(
+        nodes=len(ids),
+        cpu=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        wall=wall,
+        p50=percentile(latencies, 0.50),
+        p99=percentile(latencies, 0.99),
+        peak_rss_growth_mib=max(0, after.ru_maxrss - baseline_rss) / 1024,
+    )
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
