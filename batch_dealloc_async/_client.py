@@ -73,7 +73,7 @@ __all__ = ["BatchDeallocClient"]
 _log = logging.getLogger("batch_dealloc_async")
 
 _ERROR_BODY_CAP: Final = 64 * 1024  # an error body beyond this is not read (a 50 MB HTML page stays on the wire)
-_SUCCESS_BODY_CAP: Final = 32 * 1024 * 1024  # a full page of 1,000 nodes is a few MB
+_SUCCESS_BODY_CAP: Final = 16 * 1024 * 1024  # a full page of 1,000 nodes is a few MB
 _SKIP_WITHOUT_BODY: Final = frozenset({"Content-Type"})  # aiohttp would add application/octet-stream
 _RECONCILED_STATES: Final = frozenset({BatchNodeState.DEALLOCATING, BatchNodeState.DEALLOCATED})
 _USER_AGENT: Final = f"batch-dealloc-async/0.1.0 aiohttp/{aiohttp.__version__}"
@@ -922,7 +922,7 @@ class BatchDeallocClient:
                 reply = _Reply(
                     status,
                     response.headers,
-                    await _read_capped(response, _SUCCESS_BODY_CAP) if request.method == "GET" else b"",
+                    await _read_success(response, call) if request.method == "GET" else b"",
                 )
         except ThrottledError as exc:
             self.stats.throttled += 1
@@ -1010,6 +1010,21 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
         chunks.append(chunk)
         total += len(chunk)
     return b"".join(chunks)
+
+
+async def _read_success(response: aiohttp.ClientResponse, call: _Call) -> bytes:
+    """A 200's body, refused (unread, or once past the cap) when larger than any real page."""
+    declared = response.content_length
+    body = b"" if declared is not None and declared > _SUCCESS_BODY_CAP else await _read_capped(
+        response, _SUCCESS_BODY_CAP + 1
+    )
+    if len(body) > _SUCCESS_BODY_CAP or (not body and declared):
+        raise BatchTransportError(
+            f"{call.what}: the answer is larger than {_SUCCESS_BODY_CAP // (1024 * 1024)} MiB; not read",
+            client_request_id=call.client_request_id,
+            attempts=call.attempts,
+        )
+    return body
 
 
 def _parse_json(body: bytes, cls: type[_T], call: _Call) -> _T:

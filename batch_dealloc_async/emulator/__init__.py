@@ -26,6 +26,7 @@ from ._state import INVALID_STATE_CODE, BatchState
 from ._stats import EmulatorStats
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable
     from datetime import datetime
     from types import TracebackType
@@ -59,6 +60,7 @@ class BatchEmulator:
         config: The configuration; or give its fields as keyword arguments.
         host: The address to bind.
         port: The port (0: a free one, read back after binding).
+        ssl_context: Serve https with this server context (e.g. a certificate made by ``trustme``).
         clock: Monotonic seconds, driving node states and the token bucket.
         wall_clock: Epoch seconds, for dates.
         **fields: ``EmulatorConfig`` fields, when ``config`` is not given.
@@ -70,6 +72,7 @@ class BatchEmulator:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         **fields: Any,  # noqa: ANN401 (the EmulatorConfig fields, checked by it)
@@ -79,6 +82,7 @@ class BatchEmulator:
         self.config = config if config is not None else EmulatorConfig(**fields)
         self._host = host
         self._port = port
+        self._ssl = ssl_context
         self._clock = clock
         self._state = BatchState(self.config, clock=clock, wall_clock=wall_clock)
         self.stats = EmulatorStats(self._state)
@@ -106,14 +110,14 @@ class BatchEmulator:
             make_app(self._runtime), access_log=None, handler_cancellation=True, shutdown_timeout=0.5
         )
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
+        site = web.TCPSite(runner, self._host, self._port, reuse_address=True, ssl_context=self._ssl)
         await site.start()
         self._runner = runner
         server = site._server  # noqa: SLF001 (aiohttp keeps the bound socket there; test_utils does the same)
         sockets = getattr(server, "sockets", None) or []
         port = sockets[0].getsockname()[1] if sockets else self._port
         host = f"[{self._host}]" if ":" in self._host else self._host
-        self.endpoint = f"http://{host}:{port}"
+        self.endpoint = f"{'https' if self._ssl is not None else 'http'}://{host}:{port}"
         self._runtime.endpoint = self.endpoint
 
     async def close(self) -> None:

@@ -163,7 +163,9 @@ def _authenticate(runtime: Runtime, request: web.Request) -> None:
     if auth is None:
         raise ServiceFault(401, "AuthenticationFailed", _NO_AUTH_MESSAGE)
     if auth.startswith("Bearer "):
-        if auth[7:] in runtime.config.bearer_tokens:
+        token = auth[7:]
+        validator = runtime.config.token_validator
+        if token in runtime.config.bearer_tokens or (validator is not None and validator(token)):
             return
         # A refused token is a 401 (as Microsoft Entra-protected Azure services answer), so clients refresh.
         raise ServiceFault(401, "AuthenticationFailed", "The access token is invalid or has expired.")

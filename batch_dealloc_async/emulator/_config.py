@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import math
 import random
-from collections.abc import Mapping  # noqa: TC003 (attrs converters resolve it at runtime)
+from collections.abc import Callable, Mapping  # noqa: TC003 (attrs resolves annotations at runtime)
 from typing import Final
 
 import attrs
@@ -122,6 +122,7 @@ class EmulatorConfig:
         start_delay: Seconds a started node stays ``starting``.
         auth: Check credentials (False: accept any request).
         bearer_tokens: Bearer tokens accepted besides Shared Key.
+        token_validator: Decides on other Bearer tokens (e.g. tokens that carry their own expiry in tests).
         accept_sdk_timeout_variant: Also accept the Python SDK's Shared Key form, which keeps ``timeOut``'s
             case in the canonical query (counted in stats).
         max_clock_skew: Seconds an ``ocp-date``/``Date`` may be off (the service's 15 minutes).
@@ -142,6 +143,7 @@ class EmulatorConfig:
     start_delay: float = attrs.field(default=2.0, validator=_non_negative)
     auth: bool = True
     bearer_tokens: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset, repr=False)
+    token_validator: Callable[[str], bool] | None = attrs.field(default=None, repr=False, eq=False)
     accept_sdk_timeout_variant: bool = True
     max_clock_skew: float = attrs.field(default=900.0, validator=_non_negative)
     throttle_rps: float | None = None
