@@ -613,14 +613,8 @@ class BatchDeallocClient:
             ValueError: a bad pool id, option, timeout or deadline, or a bad id in a list (nothing sent).
         """
         pool_id = rq.validate_id("pool_id", pool_id, rq.POOL_ID_MAX)
-        if isinstance(node_ids, list | tuple):
-            for node_id in node_ids:
-                rq.validate_id("node_id", node_id, rq.NODE_ID_MAX)
-        outcomes: list[NodeOutcome] = []
-
-        def emit(outcome: NodeOutcome) -> object:
-            outcomes.append(outcome)
-            return on_outcome(outcome) if on_outcome is not None else None
+        _check_listed(node_ids)
+        outcomes, emit = _collector(on_outcome)
 
         engine = self._bulk_engine(
             option, timeout=timeout, deadline=deadline, wait=wait, wait_timeout=wait_timeout, emit=emit
@@ -645,9 +639,7 @@ class BatchDeallocClient:
         iterator when leaving early (``contextlib.aclosing``) so that the run stops at once.
         """
         pool_id = rq.validate_id("pool_id", pool_id, rq.POOL_ID_MAX)
-        if isinstance(node_ids, list | tuple):
-            for node_id in node_ids:
-                rq.validate_id("node_id", node_id, rq.NODE_ID_MAX)
+        _check_listed(node_ids)
         ready: asyncio.Queue[NodeOutcome | None] = asyncio.Queue()
         room = asyncio.Event()
         bound = 2 * self._limiter.max_concurrency
@@ -738,11 +730,7 @@ class BatchDeallocClient:
             raise ValueError("pool_ids must name at least one pool")
         wanted = tuple(dict.fromkeys([states] if isinstance(states, str) else states))
         rq.state_filter(wanted)  # checks the states
-        outcomes: list[NodeOutcome] = []
-
-        def emit(outcome: NodeOutcome) -> object:
-            outcomes.append(outcome)
-            return on_outcome(outcome) if on_outcome is not None else None
+        outcomes, emit = _collector(on_outcome)
 
         engine = self._bulk_engine(
             option, timeout=timeout, deadline=deadline, wait=wait, wait_timeout=wait_timeout, emit=emit
@@ -984,6 +972,24 @@ class BatchDeallocClient:
             retry_after=retry_after,
             snippet=snippet,
         )
+
+
+def _check_listed(node_ids: NodeSource) -> None:
+    """A list or tuple of ids is checked whole before anything is sent (a stream is checked as it is read)."""
+    if isinstance(node_ids, list | tuple):
+        for node_id in node_ids:
+            rq.validate_id("node_id", node_id, rq.NODE_ID_MAX)
+
+
+def _collector(on_outcome: OutcomeCallback | None) -> tuple[list[NodeOutcome], Callable[[NodeOutcome], object]]:
+    """The report's list of outcomes, and the sink that fills it and calls the caller's callback."""
+    outcomes: list[NodeOutcome] = []
+
+    def emit(outcome: NodeOutcome) -> object:
+        outcomes.append(outcome)
+        return on_outcome(outcome) if on_outcome is not None else None
+
+    return outcomes, emit
 
 
 def _count(stats: ClientStats, run: ClientStats | None, *, retry: bool) -> None:
