@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import shutil
 import email.utils
 import hashlib
 import hmac
 import os
+import shutil
 import subprocess
 import sys
 import time

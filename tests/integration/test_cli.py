@@ -89,6 +89,8 @@ async def test_nodes_file_and_partial_failure_exit_1(emu, tmp_path: Path) -> Non
                                    "--nodes-file", str(nodes_file), env=env_for(emu))  # fmt: skip
     assert code == 1, err
     assert "NodeNotFound" in out
+    assert "\x1b" not in err  # not a terminal: plain progress lines, no control characters
+    assert "progress:" in err
     assert all(emu.node("pool-a", n).state in {"deallocating", "deallocated"} for n in ids)
 
 
