@@ -320,7 +320,7 @@ def _lines(results: dict[str, Any], quick: bool) -> Iterator[str]:  # noqa: PLR0
     sdk = t["results"]["azure-batch SDK"]["cpu_per_1000"]
     yield f"## Throughput and cost: {t['count']} deallocations, concurrency 64, median of {t['rounds']} interleaved rounds"
     yield ""
-    yield "| contestant | nodes | CPU s / 1,000 | requests/s | p50 ms | p99 ms | peak memory MiB | nodes lost |"
+    yield "| contestant | nodes | CPU s / 1,000 | requests/s | p50 ms | p99 ms | peak memory growth MiB | nodes lost |"
     yield "|---|---|---|---|---|---|---|---|"
     for name, r in t["results"].items():
         yield (

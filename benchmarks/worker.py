@@ -36,13 +36,25 @@ def pin(core: int | None) -> None:
             os.sched_setaffinity(0, {core})
 
 
-def rss_kib() -> int:
-    """The current resident set size in KiB (Linux)."""
+def status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status in KiB (Linux): VmRSS now, VmHWM its peak."""
     try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
     except (OSError, ValueError, IndexError):
-        return 0
-    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+        pass
+    return 0
+
+
+def reset_peak_rss() -> None:
+    """Restart VmHWM from the current RSS, so imports do not count as the run's peak.
+
+    ru_maxrss cannot be used: Linux carries it over from the parent across fork and exec, so a child
+    started by a large parent reports the parent's size as its own peak.
+    """
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def percentile(values: list[float], share: float) -> float | None:
@@ -203,7 +215,8 @@ def main() -> None:
     ids = Path(spec["ids_file"]).read_text().split()
     if spec.get("count"):
         ids = ids[: spec["count"]]
-    baseline_rss = rss_kib()
+    reset_peak_rss()
+    baseline_rss = status_kib("VmRSS")
     before = resource.getrusage(resource.RUSAGE_SELF)
     wall = time.perf_counter()
     result = asyncio.run(RUNNERS[spec["contestant"]](spec, ids))
@@ -216,7 +229,7 @@ def main() -> None:
         wall=wall,
         p50=percentile(latencies, 0.50),
         p99=percentile(latencies, 0.99),
-        peak_rss_growth_mib=max(0, after.ru_maxrss - baseline_rss) / 1024,
+        peak_rss_growth_mib=max(0, status_kib("VmHWM") - baseline_rss) / 1024,
     )
     print(json.dumps(result), flush=True)
 
