@@ -377,11 +377,18 @@ class BatchDeallocClient:
         except ConflictError as exc:
             if not call.ambiguous:
                 raise
-            return await self._reconcile(pool_id, node_id, call, exc)
+            result = await self._reconcile(pool_id, node_id, call, exc)
+            self._count_accepted(call)
+            return result
         return self._accepted(reply, pool_id, node_id, call)
 
-    @staticmethod
-    def _accepted(reply: _Reply, pool_id: str, node_id: str, call: _Call) -> DeallocateResult:
+    def _count_accepted(self, call: _Call) -> None:
+        self.stats.accepted += 1
+        if call.run is not None:
+            call.run.accepted += 1
+
+    def _accepted(self, reply: _Reply, pool_id: str, node_id: str, call: _Call) -> DeallocateResult:
+        self._count_accepted(call)
         headers = reply.headers
         return DeallocateResult(
             pool_id=pool_id,

@@ -25,17 +25,23 @@ class ClientStats:
         requests: Requests sent (every attempt counts).
         retries: Attempts after the first of a call.
         throttled: Responses that were throttling (429, 503 ServerBusy).
+        accepted: Deallocations the service accepted (202, or a node confirmed deallocating after an
+            ambiguous attempt); with ``wait`` these are the nodes still to be seen ``deallocated``.
     """
 
-    __slots__ = ("requests", "retries", "throttled")
+    __slots__ = ("accepted", "requests", "retries", "throttled")
 
     def __init__(self) -> None:
         self.requests = 0
         self.retries = 0
         self.throttled = 0
+        self.accepted = 0
 
     def __repr__(self) -> str:
-        return f"ClientStats(requests={self.requests}, retries={self.retries}, throttled={self.throttled})"
+        return (
+            f"ClientStats(requests={self.requests}, retries={self.retries}, throttled={self.throttled}, "
+            f"accepted={self.accepted})"
+        )
 
 
 class OutcomeStatus(enum.StrEnum):

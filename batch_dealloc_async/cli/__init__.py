@@ -23,7 +23,7 @@ from .._outcomes import BulkReport, NodeOutcome, OutcomeStatus
 from .._request import MAX_SERVICE_TIMEOUT
 from .._retry import RetryPolicy
 from ._auth import UsageError, credential_from
-from ._output import make_progress, print_report, write_jsonl
+from ._output import make_progress, print_report, showing, write_jsonl
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -189,9 +189,9 @@ async def _deallocate(
     ) as client:
         if args.dry_run:
             return await _dry_run(client, args, node_ids, run)
-        progress = make_progress(client.stats, len(node_ids) if node_ids is not None else None, quiet=args.quiet)
-        run.progress_outcome = progress.outcome
-        try:
+        total = len(node_ids) if node_ids is not None else None
+        async with showing(make_progress(client.stats, total, quiet=args.quiet, wait=args.wait)) as progress:
+            run.progress_outcome = progress.outcome
             if node_ids is not None:
                 return await client.deallocate_nodes(
                     args.pool[0], node_ids, option=args.option, wait=args.wait, deadline=args.deadline,
@@ -202,8 +202,6 @@ async def _deallocate(
                 on_outcome=run.on_outcome, on_listed=lambda _p, n, others: progress.add_total(n + others),
                 timeout=args.timeout,
             )  # fmt: skip
-        finally:
-            progress.close()
 
 
 async def _dry_run(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
+import textwrap
 from typing import TYPE_CHECKING
 
 from .._client import BatchDeallocClient
@@ -60,7 +62,7 @@ def demo_config(nodes: int, pools: int, seed: int) -> EmulatorConfig:
 def run_demo(args: argparse.Namespace) -> int:
     """Start the emulator in process and deallocate every eligible node of every pool, waiting for them."""
     from . import EXIT_INTERRUPTED, exit_code  # noqa: PLC0415 (the package imports this module lazily)
-    from ._output import make_progress, print_report, write_jsonl  # noqa: PLC0415
+    from ._output import make_progress, print_report, showing, write_jsonl  # noqa: PLC0415
 
     config = demo_config(args.nodes, args.pools, args.seed)
     outcomes: list[NodeOutcome] = []
@@ -69,10 +71,14 @@ def run_demo(args: argparse.Namespace) -> int:
         async with BatchEmulator(config) as emu:
             if args.output == "table":
                 sizes = ", ".join(f"{p} ({n} nodes)" for p, n in config.pools.items())
-                print(f"Emulator at {emu.endpoint}: {sizes}; throttled at {config.throttle_rps:.0f} requests/s, "
-                      "2% injected faults", file=sys.stderr)  # fmt: skip
-            async with BatchDeallocClient(emu.endpoint, emu.credential()) as client:
-                progress = make_progress(client.stats, None, quiet=args.quiet)
+                width = min(shutil.get_terminal_size().columns, 100)
+                message = (f"Emulator at {emu.endpoint}: {sizes}; throttled at {config.throttle_rps:.0f} "
+                           "requests/s, 2% injected faults")  # fmt: skip
+                print(textwrap.fill(message, width), file=sys.stderr)
+            async with (
+                BatchDeallocClient(emu.endpoint, emu.credential()) as client,
+                showing(make_progress(client.stats, None, quiet=args.quiet, wait=True)) as progress,
+            ):
 
                 def on_outcome(outcome: NodeOutcome) -> None:
                     outcomes.append(outcome)
@@ -80,13 +86,10 @@ def run_demo(args: argparse.Namespace) -> int:
                         write_jsonl(outcome)
                     progress.outcome(outcome)
 
-                try:
-                    return await client.deallocate_pools(
-                        list(config.pools), wait=True, deadline=120,
-                        on_outcome=on_outcome, on_listed=lambda _p, n, others: progress.add_total(n + others),
-                    )  # fmt: skip
-                finally:
-                    progress.close()
+                return await client.deallocate_pools(
+                    list(config.pools), wait=True, deadline=120,
+                    on_outcome=on_outcome, on_listed=lambda _p, n, others: progress.add_total(n + others),
+                )  # fmt: skip
 
     try:
         report = asyncio.run(demo())

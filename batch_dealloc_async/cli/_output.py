@@ -6,6 +6,8 @@ every few seconds and the summary is plain text. Nothing but results ever goes t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -15,11 +17,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 from .._outcomes import BulkReport, NodeOutcome, OutcomeStatus
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from .._outcomes import ClientStats
 
-__all__ = ["Progress", "make_progress", "print_report", "write_jsonl"]
+__all__ = ["Progress", "make_progress", "print_report", "showing", "write_jsonl"]
 
 _PLAIN_EVERY = 3.0  # seconds between plain progress lines
+_TICK = 0.25  # seconds between refreshes of the counters the display reads from the client's stats
 
 
 class Progress(Protocol):
@@ -31,45 +36,74 @@ class Progress(Protocol):
     def outcome(self, outcome: NodeOutcome) -> None:
         """One node ended."""
 
+    def tick(self) -> None:
+        """Time passed: refresh what comes from the client's counters (called a few times a second)."""
+
     def close(self) -> None:
         """Stop drawing."""
 
 
 class _Counts:
-    def __init__(self, stats: ClientStats, total: int | None) -> None:
+    """What both displays show.
+
+    With ``wait`` a run has two phases per node: its request is answered (accepted, or ended otherwise), then an
+    accepted node is seen ``deallocated``; both are counted.
+    """
+
+    def __init__(self, stats: ClientStats, total: int | None, *, wait: bool) -> None:
         self.stats = stats
         self.total = total
+        self.wait = wait
         self.done = 0
+        self.waited = 0  # with wait: outcomes of accepted nodes (deallocated, or timed out waiting)
         self.by_status: Counter[str] = Counter()
         self.started = time.monotonic()
 
     def add_total(self, count: int) -> None:
         self.total = (self.total or 0) + count
 
+    def outcome(self, outcome: NodeOutcome) -> None:
+        self.done += 1
+        self.by_status[outcome.status.value] += 1
+        if self.wait and outcome.result is not None:
+            self.waited += 1
+
+    @property
+    def answered(self) -> int:
+        """Nodes whose deallocate request is over (without wait, the nodes done)."""
+        if not self.wait:
+            return self.done
+        return self.done - self.waited + self.stats.accepted
+
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         total = f"/{self.total}" if self.total is not None else ""
-        rate = self.done / elapsed
+        answered = self.answered
+        rate = answered / elapsed
         eta = ""
-        if self.total and rate > 0 and self.done < self.total:
-            eta = f", ETA {(self.total - self.done) / rate:.0f} s"
+        if self.total and rate > 0 and answered < self.total:
+            eta = f", ETA {(self.total - answered) / rate:.0f} s"
+        head = f"progress: {answered}{total} nodes done"
+        if self.wait:
+            head = (
+                f"progress: {answered}{total} nodes answered, "
+                f"{self.waited} of {self.stats.accepted} accepted deallocated"
+            )
         return (
-            f"progress: {self.done}{total} nodes done, {rate:.0f}/s, "
-            f"throttled {self.stats.throttled}, retried {self.stats.retries}, elapsed {elapsed:.1f} s{eta}"
+            f"{head}, {rate:.0f}/s, throttled {self.stats.throttled}, retried {self.stats.retries}, "
+            f"elapsed {elapsed:.1f} s{eta}"
         )
 
 
 class PlainProgress(_Counts):
     """One line on stderr every few seconds, no control characters (for logs and CI)."""
 
-    def __init__(self, stats: ClientStats, total: int | None, stream: TextIO) -> None:
-        super().__init__(stats, total)
+    def __init__(self, stats: ClientStats, total: int | None, stream: TextIO, *, wait: bool) -> None:
+        super().__init__(stats, total, wait=wait)
         self._stream = stream
         self._last = time.monotonic()
 
-    def outcome(self, outcome: NodeOutcome) -> None:
-        self.done += 1
-        self.by_status[outcome.status.value] += 1
+    def tick(self) -> None:
         now = time.monotonic()
         if now - self._last >= _PLAIN_EVERY:
             self._last = now
@@ -80,51 +114,55 @@ class PlainProgress(_Counts):
 
 
 class RichProgress(_Counts):
-    """A live bar with done/total, rate, throttled and retried counts, and the ETA."""
+    """A live bar with done/total, rate, throttled and retried counts, and the ETA; a second bar with wait."""
 
-    def __init__(self, stats: ClientStats, total: int | None, stream: TextIO) -> None:
-        super().__init__(stats, total)
+    def __init__(self, stats: ClientStats, total: int | None, stream: TextIO, *, wait: bool) -> None:
+        super().__init__(stats, total, wait=wait)
         from rich.console import Console  # noqa: PLC0415 (optional dependency, only on a terminal)
         from rich.progress import (  # noqa: PLC0415
             BarColumn,
             MofNCompleteColumn,
             Progress,
             TextColumn,
-            TimeElapsedColumn,
             TimeRemainingColumn,
         )
 
+        # Sized for an 80-column terminal: the bar takes what the counters leave (the summary gives the elapsed time).
         self._bar = Progress(
-            TextColumn("[bold]deallocating"),
-            BarColumn(),
+            TextColumn("[bold]{task.description:<12}"),
+            BarColumn(bar_width=None),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:>6.0f}/s"),
-            TextColumn("throttled {task.fields[throttled]} retried {task.fields[retried]}"),
-            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
             TimeRemainingColumn(),
             console=Console(file=stream),
             transient=False,
+            expand=True,
         )
-        self._task = self._bar.add_task("deallocate", total=total, rate=0.0, throttled=0, retried=0)
+        self._task = self._bar.add_task("deallocating", total=total, info=self._info())
+        self._waiting = self._bar.add_task("deallocated", total=None, info="", visible=False) if wait else None
         self._bar.start()
+
+    def _info(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return (
+            f"{self.answered / elapsed:>5.0f}/s throttled {self.stats.throttled} retried {self.stats.retries}"
+        )
 
     def add_total(self, count: int) -> None:
         super().add_total(count)
         self._bar.update(self._task, total=self.total)
 
     def outcome(self, outcome: NodeOutcome) -> None:
-        self.done += 1
-        self.by_status[outcome.status.value] += 1
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        self._bar.update(
-            self._task,
-            completed=self.done,
-            rate=self.done / elapsed,
-            throttled=self.stats.throttled,
-            retried=self.stats.retries,
-        )
+        super().outcome(outcome)
+        self.tick()
+
+    def tick(self) -> None:
+        self._bar.update(self._task, completed=self.answered, info=self._info())
+        if self._waiting is not None and self.stats.accepted:
+            self._bar.update(self._waiting, completed=self.waited, total=self.stats.accepted, visible=True)
 
     def close(self) -> None:
+        self.tick()
         self._bar.stop()
 
 
@@ -137,21 +175,47 @@ class NoProgress:
     def outcome(self, outcome: NodeOutcome) -> None:
         """Ignore."""
 
+    def tick(self) -> None:
+        """Ignore."""
+
     def close(self) -> None:
         """Ignore."""
 
 
-def make_progress(stats: ClientStats, total: int | None, *, quiet: bool, stream: TextIO | None = None) -> Progress:
+def make_progress(
+    stats: ClientStats, total: int | None, *, quiet: bool, wait: bool = False, stream: TextIO | None = None
+) -> Progress:
     """The right progress display for where stderr goes."""
     stream = stream or sys.stderr
     if quiet:
         return NoProgress()
     if stream.isatty():
         try:
-            return RichProgress(stats, total, stream)
+            return RichProgress(stats, total, stream, wait=wait)
         except ImportError:
             pass
-    return PlainProgress(stats, total, stream)
+    return PlainProgress(stats, total, stream, wait=wait)
+
+
+@contextlib.asynccontextmanager
+async def showing(progress: Progress) -> AsyncIterator[Progress]:
+    """Refresh ``progress`` a few times a second while the block runs, and close it however the block ends.
+
+    The ticks matter: a wait phase can go minutes without an outcome, and the display must still move.
+    """
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(_TICK)
+            progress.tick()
+
+    task = asyncio.create_task(ticker())
+    try:
+        yield progress
+    finally:
+        task.cancel()
+        await asyncio.wait([task])  # never raises: a cancellation of the caller still propagates
+        progress.close()
 
 
 def write_jsonl(outcome: NodeOutcome, stream: TextIO | None = None) -> None:

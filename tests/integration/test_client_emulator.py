@@ -39,6 +39,7 @@ async def test_deallocate_idle_node(emu, option, timeout) -> None:
     node_id = emu.node_ids("pool-a", {"idle"})[0]
     async with client_for(emu) as client:
         result = await client.deallocate_node("pool-a", node_id, option=option, timeout=timeout)
+        assert client.stats.accepted == 1
     assert result.attempts == 1
     assert result.request_id
     assert result.etag
@@ -58,6 +59,7 @@ async def test_error_mappings(emu) -> None:
             await client.deallocate_node("pool-a", "no-such-node")
         with pytest.raises(ConflictError) as conflict:
             await client.deallocate_node("pool-a", wrong_state)
+        assert client.stats.accepted == 0  # refusals are not acceptances
     assert pool_missing.value.code == "PoolNotFound"
     assert node_missing.value.code == "NodeNotFound"
     assert conflict.value.code == INVALID_STATE_CODE
@@ -152,6 +154,7 @@ async def test_reset_after_processing_is_reconciled(emu) -> None:
     emu.update(faults=FaultConfig(reset_after=1.0, operations={"deallocate"}))
     async with client_for(emu) as client:
         result = await client.deallocate_node("pool-a", node_id)
+        assert client.stats.accepted == 1  # a confirmed deallocation counts as accepted, once
     assert result.reconciled is True
     assert result.attempts == 2
     assert emu.node("pool-a", node_id).deallocate_calls == 2
