@@ -368,12 +368,17 @@ class BatchDeallocClient:
         echo: bool = True,
         ocp_date: float | None = None,
         first_error: BatchDeallocError | None = None,
+        start: float | None = None,
     ) -> DeallocateResult:
-        """The whole call: retries, then the 409 reconciliation; ``first_error`` continues after a failed attempt."""
+        """The whole call: retries, then the 409 reconciliation.
+
+        ``first_error`` continues the call after a failed first attempt that was sent at ``start``.
+        """
         try:
             reply = await self._call(
-                request, call, 202, service_timeout, echo=echo, ocp_date=ocp_date, first_error=first_error
-            )
+                request, call, 202, service_timeout, echo=echo, ocp_date=ocp_date, first_error=first_error,
+                start=start,
+            )  # fmt: skip
         except ConflictError as exc:
             if not call.ambiguous:
                 raise
@@ -412,6 +417,7 @@ class BatchDeallocClient:
         call = _Call(str(uuid.uuid4()), run, f"deallocate {pool_id}/{node_id}")
         policy = self._retry
         per_attempt = float(service_timeout or rq.MAX_SERVICE_TIMEOUT) + policy.timeout_margin
+        start = self._clock()  # the call's deadline counts from the first attempt
         try:
             reply = await self._attempt(
                 self._check_open(), request, call, 202, self._timeout_for(per_attempt, policy.deadline),
@@ -419,7 +425,7 @@ class BatchDeallocClient:
             )  # fmt: skip
         except BatchDeallocError as exc:
             return await self._deallocate_call(
-                request, pool_id, node_id, call, service_timeout=service_timeout, first_error=exc
+                request, pool_id, node_id, call, service_timeout=service_timeout, first_error=exc, start=start
             )
         return self._accepted(reply, pool_id, node_id, call)
 
@@ -759,10 +765,12 @@ class BatchDeallocClient:
         echo: bool = True,
         ocp_date: float | None = None,
         first_error: BatchDeallocError | None = None,
+        start: float | None = None,
     ) -> _Reply:
         session = self._check_open()
         policy = self._retry
-        start = self._clock()
+        if start is None:
+            start = self._clock()
         per_attempt = float(service_timeout or rq.MAX_SERVICE_TIMEOUT) + policy.timeout_margin
         # The first attempt runs outside tenacity: most calls succeed at once, and building a retry loop for
         # each of them costs more CPU than the rest of the call (measured in benchmarks/). A failure is
@@ -787,6 +795,7 @@ class BatchDeallocClient:
             rng=self._rng,
             retry_now=lambda exc: self._refresh_after(exc, call, replayed=exc is first_error),
             before_sleep=lambda state: self._before_sleep(state, call),
+            count_throttled=call.run is None,  # a bulk run never gives a node up for throttling
         )
         async for attempt in retrying:
             with attempt:

@@ -40,7 +40,8 @@ class RetryPolicy:
 
     Attributes:
         max_attempts: Requests per call, the first included (default 10: with adaptive pacing a node rarely
-            needs more than two, and throttling is safe to wait out).
+            needs more than two). In bulk runs throttled attempts do not count: a node is never given up
+            because the service asked to slow down; ``deadline`` bounds those calls.
         backoff_base: The first retry waits up to this many seconds (full jitter); each retry doubles it.
         backoff_cap: The most one backoff waits.
         max_retry_after: The most one server ``Retry-After`` hint is honoured for; longer hints are cut here.
@@ -126,6 +127,7 @@ def build_retrying(
     rng: random.Random,
     retry_now: Callable[[BaseException], bool] = lambda _: False,
     before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
+    count_throttled: bool = True,
 ) -> tenacity.AsyncRetrying:
     """The tenacity loop for one call that started at ``start`` (a ``clock()`` reading).
 
@@ -138,7 +140,11 @@ def build_retrying(
         retry_now: Called with a non-retryable error; True retries it once at once (the client uses it to
             resend after a token refresh on 401).
         before_sleep: Called before each wait (the client logs and counts retries there).
+        count_throttled: Whether throttled attempts use up ``max_attempts``. Bulk runs pass False: a throttled
+            request was not processed and the service named when to come back, so a node is never given up for
+            it; the deadline still bounds the call.
     """
+    counted = 0  # failed attempts that use up max_attempts
 
     def wait(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -150,7 +156,11 @@ def build_retrying(
         return policy.backoff(state.attempt_number, rng)
 
     def stop(state: tenacity.RetryCallState) -> bool:
-        if state.attempt_number >= policy.max_attempts:
+        nonlocal counted
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if count_throttled or not isinstance(exc, ThrottledError):
+            counted += 1
+        if counted >= policy.max_attempts:
             return True
         # tenacity computes the wait first: give up now rather than sleep past the deadline and then send
         # an attempt with no time left.

@@ -481,3 +481,40 @@ async def test_malformed_success_body_is_transport_error(mock, make_client) -> N
     async with make_client(retry=RetryPolicy(max_attempts=1)) as client:
         with pytest.raises(BatchTransportError, match="not a valid BatchNode"):
             await client.get_node("pool1", "n1")
+
+
+async def test_bulk_runs_never_give_a_node_up_for_throttling(mock, make_client, clock) -> None:
+    """Throttled attempts of a bulk run do not use up max_attempts: the service named when to come back.
+
+    A single call keeps the plain count (test_exhausted_retries_raise_with_attempt_count).
+    """
+    throttled = error(429, "TooManyRequests", **{"Retry-After": "1"})
+    script = Script([throttled] * 6 + [accepted()]).install(mock)
+    async with make_client(retry=RetryPolicy(max_attempts=3)) as client:
+        report = await client.deallocate_nodes("pool1", ["n1"])
+    (outcome,) = report.outcomes
+    assert outcome.status == "accepted"
+    assert outcome.attempts == 7
+    assert len(script.seen) == 7
+    assert len({s.headers["client-request-id"] for s in script.seen}) == 1
+
+
+async def test_bulk_throttling_is_bounded_by_the_deadline(mock, make_client, clock) -> None:
+    """A service that throttles forever still ends the node: failed with the throttle error at the deadline."""
+    throttled = error(429, "TooManyRequests", **{"Retry-After": "5"})
+    script = Script([throttled]).install(mock)
+    async with make_client(retry=RetryPolicy(max_attempts=3, deadline=60)) as client:
+        report = await client.deallocate_nodes("pool1", ["n1"])
+    (outcome,) = report.outcomes
+    assert outcome.status == "failed"
+    assert isinstance(outcome.error, ThrottledError)
+    assert 3 < len(script.seen) <= 13  # more than max_attempts, and no sleep past the 60 s deadline
+    assert outcome.attempts == len(script.seen)
+
+
+async def test_bulk_server_errors_still_use_up_max_attempts(mock, make_client, clock) -> None:
+    script = Script([error(500, "InternalError")]).install(mock)
+    async with make_client(retry=RetryPolicy(max_attempts=3)) as client:
+        report = await client.deallocate_nodes("pool1", ["n1"])
+    assert report.outcomes[0].status == "failed"
+    assert len(script.seen) == 3
