@@ -382,12 +382,11 @@ class BatchDeallocClient:
         except ConflictError as exc:
             if not call.ambiguous:
                 raise
-            result = await self._reconcile(pool_id, node_id, call, exc)
-            self._count_accepted(call)
-            return result
+            return await self._reconcile(pool_id, node_id, call, exc)
         return self._accepted(reply, pool_id, node_id, call)
 
     def _count_accepted(self, call: _Call) -> None:
+        """Every path that ends a deallocation as accepted (a 202, or a reconciled 409) passes here once."""
         self.stats.accepted += 1
         if call.run is not None:
             call.run.accepted += 1
@@ -445,6 +444,7 @@ class BatchDeallocClient:
             raise conflict from None
         if node.state not in _RECONCILED_STATES:
             raise conflict
+        self._count_accepted(call)
         return DeallocateResult(
             pool_id=pool_id,
             node_id=node_id,

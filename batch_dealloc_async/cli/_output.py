@@ -152,11 +152,8 @@ class RichProgress(_Counts):
         super().add_total(count)
         self._bar.update(self._task, total=self.total)
 
-    def outcome(self, outcome: NodeOutcome) -> None:
-        super().outcome(outcome)
-        self.tick()
-
     def tick(self) -> None:
+        # Outcomes only count (the base class); drawing happens here, a few times a second, not once per node.
         self._bar.update(self._task, completed=self.answered, info=self._info())
         if self._waiting is not None and self.stats.accepted:
             self._bar.update(self._waiting, completed=self.waited, total=self.stats.accepted, visible=True)
