@@ -113,9 +113,14 @@ def string_to_sign(
     """
     headers = "".join(f"{name}:{value}\n" for name, value in sorted((n.lower(), v) for n, v in ocp_headers))
     return _compose(
-        method, content_length, content_type, headers, account_name, encoded_path,
+        method,
+        content_length,
+        content_type,
+        headers,
+        account_name,
+        encoded_path,
         canonical_query(tuple(query), lowercase_names=lowercase_query_names),
-    )  # fmt: skip
+    )
 
 
 def _compose(  # noqa: PLR0917 (the slots of the string, in order)

@@ -271,25 +271,37 @@ class BulkEngine:
             state = await self._peek_state(pool_id, node_id)
             if state is not None and state not in ELIGIBLE_STATES:
                 return NodeOutcome(
-                    pool_id=pool_id, node_id=node_id, status=OutcomeStatus.SKIPPED,
-                    error=exc, attempts=exc.attempts, state=state,
-                )  # fmt: skip
+                    pool_id=pool_id,
+                    node_id=node_id,
+                    status=OutcomeStatus.SKIPPED,
+                    error=exc,
+                    attempts=exc.attempts,
+                    state=state,
+                )
             return self._failed(pool_id, node_id, exc, state=state)
         except BatchDeallocError as exc:
             return self._failed(pool_id, node_id, exc)
         return NodeOutcome(
-            pool_id=pool_id, node_id=node_id, status=OutcomeStatus.ACCEPTED,
-            result=result, attempts=result.attempts, state=BatchNodeState.DEALLOCATING.value,
-        )  # fmt: skip
+            pool_id=pool_id,
+            node_id=node_id,
+            status=OutcomeStatus.ACCEPTED,
+            result=result,
+            attempts=result.attempts,
+            state=BatchNodeState.DEALLOCATING.value,
+        )
 
     def _failed(self, pool_id: str, node_id: str, exc: BatchDeallocError, *, state: str | None = None) -> NodeOutcome:
         if isinstance(exc, AuthenticationError | CredentialError) and self._stopped is None:
             _log.warning("bulk run stopped: %s", exc)
             self._stopped = exc
         return NodeOutcome(
-            pool_id=pool_id, node_id=node_id, status=OutcomeStatus.FAILED,
-            error=exc, attempts=getattr(exc, "attempts", 0), state=state,
-        )  # fmt: skip
+            pool_id=pool_id,
+            node_id=node_id,
+            status=OutcomeStatus.FAILED,
+            error=exc,
+            attempts=getattr(exc, "attempts", 0),
+            state=state,
+        )
 
     def _not_attempted(self, pool_id: str, node_id: str) -> NodeOutcome:
         return NodeOutcome(pool_id=pool_id, node_id=str(node_id), status=OutcomeStatus.NOT_ATTEMPTED)

@@ -320,9 +320,15 @@ class BatchDeallocClient:
         if ocp_date is not None and (not isinstance(ocp_date, datetime) or ocp_date.tzinfo is None):
             raise ValueError("ocp_date must be an aware datetime")
         return await self._deallocate(
-            request, pool_id, node_id, service_timeout=service_timeout, client_request_id=crid, run=None,
-            echo=return_client_request_id, ocp_date=None if ocp_date is None else ocp_date.timestamp(),
-        )  # fmt: skip
+            request,
+            pool_id,
+            node_id,
+            service_timeout=service_timeout,
+            client_request_id=crid,
+            run=None,
+            echo=return_client_request_id,
+            ocp_date=None if ocp_date is None else ocp_date.timestamp(),
+        )
 
     def _deallocate_request(self, pool_id: str, node_id: str, body: bytes | None, timeout: int | None) -> rq.Request:
         """The Deallocate Node request; the pool's part of the path and the query are built once per client."""
@@ -376,9 +382,15 @@ class BatchDeallocClient:
         """
         try:
             reply = await self._call(
-                request, call, 202, service_timeout, echo=echo, ocp_date=ocp_date, first_error=first_error,
+                request,
+                call,
+                202,
+                service_timeout,
+                echo=echo,
+                ocp_date=ocp_date,
+                first_error=first_error,
                 start=start,
-            )  # fmt: skip
+            )
         except ConflictError as exc:
             if not call.ambiguous:
                 raise
@@ -419,9 +431,14 @@ class BatchDeallocClient:
         start = self._clock()  # the call's deadline counts from the first attempt
         try:
             reply = await self._attempt(
-                self._check_open(), request, call, 202, self._timeout_for(per_attempt, policy.deadline),
-                echo=True, ocp_date=None,
-            )  # fmt: skip
+                self._check_open(),
+                request,
+                call,
+                202,
+                self._timeout_for(per_attempt, policy.deadline),
+                echo=True,
+                ocp_date=None,
+            )
         except BatchDeallocError as exc:
             return await self._deallocate_call(
                 request, pool_id, node_id, call, service_timeout=service_timeout, first_error=exc, start=start
@@ -432,8 +449,10 @@ class BatchDeallocClient:
         """An earlier attempt may have worked: a 409 then means 'already deallocating', not failure."""
         _log.debug(
             "deallocate %s/%s: 409 after an ambiguous attempt; confirming the node's state (client-request-id %s)",
-            pool_id, node_id, call.client_request_id,
-        )  # fmt: skip
+            pool_id,
+            node_id,
+            call.client_request_id,
+        )
         query = [("api-version", self._api_version), ("$select", "id,state")]
         request = rq.Request.build(self._endpoint, "GET", ("pools", pool_id, "nodes", node_id), query)
         check = _Call(str(uuid.uuid4()), call.run, f"get {pool_id}/{node_id}")
@@ -663,9 +682,14 @@ class BatchDeallocClient:
                 await room.wait()
 
         engine = self._bulk_engine(
-            option, timeout=timeout, deadline=deadline, wait=wait, wait_timeout=wait_timeout,
-            emit=ready.put_nowait, room=wait_for_room,
-        )  # fmt: skip
+            option,
+            timeout=timeout,
+            deadline=deadline,
+            wait=wait,
+            wait_timeout=wait_timeout,
+            emit=ready.put_nowait,
+            room=wait_for_room,
+        )
 
         async def produce() -> None:
             try:
@@ -714,9 +738,16 @@ class BatchDeallocClient:
             ValueError: a bad pool id, state, option, timeout or deadline (nothing sent).
         """
         return await self.deallocate_pools(
-            [pool_id], states=states, option=option, wait=wait, deadline=deadline,
-            on_outcome=on_outcome, on_listed=on_listed, timeout=timeout, wait_timeout=wait_timeout,
-        )  # fmt: skip
+            [pool_id],
+            states=states,
+            option=option,
+            wait=wait,
+            deadline=deadline,
+            on_outcome=on_outcome,
+            on_listed=on_listed,
+            timeout=timeout,
+            wait_timeout=wait_timeout,
+        )
 
     async def deallocate_pools(
         self,
@@ -778,9 +809,14 @@ class BatchDeallocClient:
         if first_error is None:
             try:
                 return await self._attempt(
-                    session, request, call, expected, self._timeout_for(per_attempt, policy.deadline), echo=echo,
+                    session,
+                    request,
+                    call,
+                    expected,
+                    self._timeout_for(per_attempt, policy.deadline),
+                    echo=echo,
                     ocp_date=ocp_date,
-                )  # fmt: skip
+                )
             except BatchDeallocError as exc:
                 first_error = exc
         retry_it = policy.is_retryable(first_error) or self._refresh_after(first_error, call)
@@ -810,9 +846,14 @@ class BatchDeallocClient:
                         attempts=call.attempts,
                     )
                 return await self._attempt(
-                    session, request, call, expected, self._timeout_for(per_attempt, remaining), echo=echo,
+                    session,
+                    request,
+                    call,
+                    expected,
+                    self._timeout_for(per_attempt, remaining),
+                    echo=echo,
                     ocp_date=None,
-                )  # fmt: skip
+                )
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     def _now_http_date(self) -> str:
@@ -850,8 +891,12 @@ class BatchDeallocClient:
         exc = state.outcome.exception() if state.outcome is not None else None
         _log.debug(
             "%s: attempt %d failed (%s); retrying in %.3f s (client-request-id %s)",
-            call.what, state.attempt_number, exc, state.upcoming_sleep, call.client_request_id,
-        )  # fmt: skip
+            call.what,
+            state.attempt_number,
+            exc,
+            state.upcoming_sleep,
+            call.client_request_id,
+        )
 
     def _headers(self, request: rq.Request, call: _Call, *, echo: bool, ocp_date: float | None) -> dict[str, str]:
         """The protocol headers of one attempt: a fresh ocp-date every time, the call's client-request-id."""
@@ -952,8 +997,12 @@ class BatchDeallocClient:
                 )
         _log.debug(
             "%s: %d on attempt %d (request-id %s, client-request-id %s)",
-            call.what, reply.status, call.attempts, reply.headers.get("request-id"), call.client_request_id,
-        )  # fmt: skip
+            call.what,
+            reply.status,
+            call.attempts,
+            reply.headers.get("request-id"),
+            call.client_request_id,
+        )
         return reply
 
     def _transport_error(
@@ -970,9 +1019,7 @@ class BatchDeallocClient:
         message = f"{call.what}: {type(exc).__name__} from {self._endpoint.netloc}"
         return BatchTransportError(message, client_request_id=call.client_request_id, attempts=call.attempts)
 
-    def _service_error(
-        self, status: int, headers: CIMultiDictProxy[str], raw: bytes, call: _Call
-    ) -> BatchServiceError:
+    def _service_error(self, status: int, headers: CIMultiDictProxy[str], raw: bytes, call: _Call) -> BatchServiceError:
         error, snippet = rq.parse_error_body(raw, headers.get("Content-Type"))
         retry_after = parse_retry_after(headers, now=self._wall_clock())
         code = error.code if error is not None else None
@@ -1037,8 +1084,10 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
 async def _read_success(response: aiohttp.ClientResponse, call: _Call) -> bytes:
     """A 200's body, refused (unread, or once past the cap) when larger than any real page."""
     declared = response.content_length
-    body = b"" if declared is not None and declared > _SUCCESS_BODY_CAP else await _read_capped(
-        response, _SUCCESS_BODY_CAP + 1
+    body = (
+        b""
+        if declared is not None and declared > _SUCCESS_BODY_CAP
+        else await _read_capped(response, _SUCCESS_BODY_CAP + 1)
     )
     if len(body) > _SUCCESS_BODY_CAP or (not body and declared):
         raise BatchTransportError(

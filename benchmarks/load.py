@@ -148,8 +148,9 @@ def measure_bare(seconds: float, *, client_core: int | None, server_core: int | 
         assert server.stdout is not None
         server.stdout.readline()
         ids = [f"n{i}" for i in range(200000)]
-        return measure(f"http://127.0.0.1:{port}", "bench", base64.b64encode(b"k" * 32).decode(), ids, seconds,
-                       core=client_core)  # fmt: skip
+        return measure(
+            f"http://127.0.0.1:{port}", "bench", base64.b64encode(b"k" * 32).decode(), ids, seconds, core=client_core
+        )
     finally:
         server.terminate()
         server.wait(10)

@@ -146,9 +146,15 @@ def one_run(pool_size: int, emulator_args: list[str], spec: dict[str, Any], serv
         ids_file.write_text("\n".join(ids))
         before = emulator.stats()
         result = worker(
-            {**spec, "endpoint": emulator.endpoint, "account": emulator.account, "key": emulator.key,
-             "pool": "bench", "ids_file": str(ids_file)}
-        )  # fmt: skip
+            {
+                **spec,
+                "endpoint": emulator.endpoint,
+                "account": emulator.account,
+                "key": emulator.key,
+                "pool": "bench",
+                "ids_file": str(ids_file),
+            }
+        )
         result.update(delta(before, emulator.stats()))
     return result
 
@@ -237,21 +243,34 @@ def waiting(
     """Polling requests to see N nodes reach deallocated: pool listing against the SDK's per-node pollers."""
     count = 500 if quick else 5000
     ours = one_run(
-        count, ["--state-mix", "idle=1", "--deallocate-delay", "2"],
-        {"contestant": "ours", "concurrency": 64, "core": client, "wait": True, "latency": False}, server,
-    )  # fmt: skip
+        count,
+        ["--state-mix", "idle=1", "--deallocate-delay", "2"],
+        {"contestant": "ours", "concurrency": 64, "core": client, "wait": True, "latency": False},
+        server,
+    )
     sdk = one_run(
-        count, ["--state-mix", "idle=1", "--deallocate-delay", "2"],
-        {"contestant": "sdk", "concurrency": 64, "core": client, "poller": True, "polling_interval": 5}, server,
-    )  # fmt: skip
+        count,
+        ["--state-mix", "idle=1", "--deallocate-delay", "2"],
+        {"contestant": "sdk", "concurrency": 64, "core": client, "poller": True, "polling_interval": 5},
+        server,
+    )
     return {
         "count": count,
-        "ours": {"poll_requests": ours["poll_requests"], "rounds": ours["poll_rounds"], "failed": ours["failed"],
-                 "requests": ours["requests"], "wall": ours["wall"]},
-        "sdk": {"poll_requests": sdk["requests"] - count, "failed": sdk["failed"], "requests": sdk["requests"],
-                "wall": sdk["wall"]},
+        "ours": {
+            "poll_requests": ours["poll_requests"],
+            "rounds": ours["poll_rounds"],
+            "failed": ours["failed"],
+            "requests": ours["requests"],
+            "wall": ours["wall"],
+        },
+        "sdk": {
+            "poll_requests": sdk["requests"] - count,
+            "failed": sdk["failed"],
+            "requests": sdk["requests"],
+            "wall": sdk["wall"],
+        },
         "target_per_round": math.ceil(count / 1000) + 1,
-    }  # fmt: skip
+    }
 
 
 def scale(
@@ -262,9 +281,11 @@ def scale(
     """100,000 ids through iter_deallocate_nodes: peak memory growth and CPU per 1,000."""
     count = 10000 if quick else 100000
     result = one_run(
-        count, ["--state-mix", "idle=1"],
-        {"contestant": "ours", "mode": "iter", "concurrency": 64, "core": client, "latency": False}, server,
-    )  # fmt: skip
+        count,
+        ["--state-mix", "idle=1"],
+        {"contestant": "ours", "mode": "iter", "concurrency": 64, "core": client, "latency": False},
+        server,
+    )
     return {
         "count": count,
         "peak_mib": result["peak_rss_growth_mib"],

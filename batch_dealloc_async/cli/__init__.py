@@ -194,14 +194,24 @@ async def _deallocate(
             run.progress_outcome = progress.outcome
             if node_ids is not None:
                 return await client.deallocate_nodes(
-                    args.pool[0], node_ids, option=args.option, wait=args.wait, deadline=args.deadline,
-                    on_outcome=run.on_outcome, timeout=args.timeout,
-                )  # fmt: skip
+                    args.pool[0],
+                    node_ids,
+                    option=args.option,
+                    wait=args.wait,
+                    deadline=args.deadline,
+                    on_outcome=run.on_outcome,
+                    timeout=args.timeout,
+                )
             return await client.deallocate_pools(
-                args.pool, states=args.state, option=args.option, wait=args.wait, deadline=args.deadline,
-                on_outcome=run.on_outcome, on_listed=lambda _p, n, others: progress.add_total(n + others),
+                args.pool,
+                states=args.state,
+                option=args.option,
+                wait=args.wait,
+                deadline=args.deadline,
+                on_outcome=run.on_outcome,
+                on_listed=lambda _p, n, others: progress.add_total(n + others),
                 timeout=args.timeout,
-            )  # fmt: skip
+            )
 
 
 async def _dry_run(

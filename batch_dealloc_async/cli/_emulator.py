@@ -72,8 +72,10 @@ def run_demo(args: argparse.Namespace) -> int:
             if args.output == "table":
                 sizes = ", ".join(f"{p} ({n} nodes)" for p, n in config.pools.items())
                 width = min(shutil.get_terminal_size().columns, 100)
-                message = (f"Emulator at {emu.endpoint}: {sizes}; throttled at {config.throttle_rps:.0f} "
-                           "requests/s, 2% injected faults")  # fmt: skip
+                message = (
+                    f"Emulator at {emu.endpoint}: {sizes}; throttled at {config.throttle_rps:.0f} "
+                    "requests/s, 2% injected faults"
+                )
                 print(textwrap.fill(message, width), file=sys.stderr)
             async with (
                 BatchDeallocClient(emu.endpoint, emu.credential()) as client,
@@ -87,9 +89,12 @@ def run_demo(args: argparse.Namespace) -> int:
                     progress.outcome(outcome)
 
                 return await client.deallocate_pools(
-                    list(config.pools), wait=True, deadline=120,
-                    on_outcome=on_outcome, on_listed=lambda _p, n, others: progress.add_total(n + others),
-                )  # fmt: skip
+                    list(config.pools),
+                    wait=True,
+                    deadline=120,
+                    on_outcome=on_outcome,
+                    on_listed=lambda _p, n, others: progress.add_total(n + others),
+                )
 
     try:
         report = asyncio.run(demo())

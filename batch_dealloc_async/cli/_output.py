@@ -144,9 +144,7 @@ class RichProgress(_Counts):
 
     def _info(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        return (
-            f"{self.answered / elapsed:>5.0f}/s throttled {self.stats.throttled} retried {self.stats.retries}"
-        )
+        return f"{self.answered / elapsed:>5.0f}/s throttled {self.stats.throttled} retried {self.stats.retries}"
 
     def add_total(self, count: int) -> None:
         super().add_total(count)

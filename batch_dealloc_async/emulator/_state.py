@@ -248,24 +248,55 @@ def _iso(epoch: float) -> str:
 
 NODE_PROPERTIES: Final = frozenset(
     {
-        "id", "url", "state", "schedulingState", "stateTransitionTime", "lastBootTime", "allocationTime",
-        "ipAddress", "ipv6Address", "affinityId", "vmSize", "totalTasksRun", "totalTasksSucceeded",
-        "runningTasksCount", "runningTaskSlotsCount", "isDedicated", "recentTasks", "startTask", "startTaskInfo",
-        "errors", "endpointConfiguration", "nodeAgentInfo", "virtualMachineInfo",
+        "id",
+        "url",
+        "state",
+        "schedulingState",
+        "stateTransitionTime",
+        "lastBootTime",
+        "allocationTime",
+        "ipAddress",
+        "ipv6Address",
+        "affinityId",
+        "vmSize",
+        "totalTasksRun",
+        "totalTasksSucceeded",
+        "runningTasksCount",
+        "runningTaskSlotsCount",
+        "isDedicated",
+        "recentTasks",
+        "startTask",
+        "startTaskInfo",
+        "errors",
+        "endpointConfiguration",
+        "nodeAgentInfo",
+        "virtualMachineInfo",
     }
-)  # fmt: skip
+)
 """Every ``BatchNode`` property of the spec: ``$select`` may name any (those the emulator has no value for are
 left out of the answer, as the service leaves out unset ones)."""
 
 EMITTED_PROPERTIES: Final = frozenset(
     {
-        "id", "url", "state", "schedulingState", "stateTransitionTime", "lastBootTime", "allocationTime",
-        "ipAddress", "affinityId", "vmSize", "totalTasksRun", "totalTasksSucceeded", "runningTasksCount",
-        "runningTaskSlotsCount", "isDedicated", "nodeAgentInfo",
+        "id",
+        "url",
+        "state",
+        "schedulingState",
+        "stateTransitionTime",
+        "lastBootTime",
+        "allocationTime",
+        "ipAddress",
+        "affinityId",
+        "vmSize",
+        "totalTasksRun",
+        "totalTasksSucceeded",
+        "runningTasksCount",
+        "runningTaskSlotsCount",
+        "isDedicated",
+        "nodeAgentInfo",
     }
-)  # fmt: skip
+)
 """The properties the emulator gives a node (a subset of :data:`NODE_PROPERTIES`)."""
-
 
 
 def parse_select(text: str | None) -> frozenset[str] | None:

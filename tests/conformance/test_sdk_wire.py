@@ -74,9 +74,7 @@ async def sdk_deallocate(endpoint: str, pool: str, node: str, option: str, timeo
     async with BatchClient(endpoint, credential, headers={"return-client-request-id": "true"}) as client:
         options = sdk_models._models.BatchNodeDeallocateOptions(node_deallocate_option=option)
         kwargs = {"service_timeout": timeout} if timeout is not None else {}
-        poller = await client.begin_deallocate_node(
-            pool, node, options, ocp_date=DATE, polling_interval=0, **kwargs
-        )  # fmt: skip
+        poller = await client.begin_deallocate_node(pool, node, options, ocp_date=DATE, polling_interval=0, **kwargs)
         await poller.result()
 
 

@@ -371,9 +371,19 @@ def _b64(text: str) -> str:
 
 @pytest.mark.parametrize(
     "token",
-    ["", "!!!", "not a token", "a", _b64("pos:"), _b64("pos:-1"), _b64("pos:x"), _b64("idx:3"), _b64("3"),
-     base64.urlsafe_b64encode(b"\xff\xfe").decode()],
-)  # fmt: skip
+    [
+        "",
+        "!!!",
+        "not a token",
+        "a",
+        _b64("pos:"),
+        _b64("pos:-1"),
+        _b64("pos:x"),
+        _b64("idx:3"),
+        _b64("3"),
+        base64.urlsafe_b64encode(b"\xff\xfe").decode(),
+    ],
+)
 def test_garbage_skiptoken_is_a_400(token):
     """Anything but a token the emulator made is a 400 InvalidQueryParameterValue naming $skiptoken."""
     with pytest.raises(ServiceFault) as caught:

@@ -42,8 +42,9 @@ async def emu():
 
 async def test_dry_run_sends_no_deallocate_request(emu) -> None:
     """--dry-run lists what would be deallocated and skipped (with states) and changes nothing."""
-    code, out, _ = await run_cli("deallocate", "--endpoint", emu.endpoint, "--pool", "pool-a", "--all", "--dry-run",
-                                 env=env_for(emu))  # fmt: skip
+    code, out, _ = await run_cli(
+        "deallocate", "--endpoint", emu.endpoint, "--pool", "pool-a", "--all", "--dry-run", env=env_for(emu)
+    )
     assert code == 0
     assert emu.stats.count("deallocate") == 0
     eligible = emu.node_ids("pool-a", {"idle", "running"})
@@ -55,8 +56,20 @@ async def test_dry_run_sends_no_deallocate_request(emu) -> None:
 
 async def test_json_output_accounts_for_every_node(emu) -> None:
     """--output json is one JSON document on stdout with one outcome per node of both pools."""
-    code, out, err = await run_cli("deallocate", "--endpoint", emu.endpoint, "--pool", "pool-a", "--pool", "pool-b",
-                                   "--all", "--output", "json", "--wait", env=env_for(emu))  # fmt: skip
+    code, out, err = await run_cli(
+        "deallocate",
+        "--endpoint",
+        emu.endpoint,
+        "--pool",
+        "pool-a",
+        "--pool",
+        "pool-b",
+        "--all",
+        "--output",
+        "json",
+        "--wait",
+        env=env_for(emu),
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["nodes"] == 160
@@ -85,8 +98,9 @@ async def test_nodes_file_and_partial_failure_exit_1(emu, tmp_path: Path) -> Non
     ids = emu.node_ids("pool-a", {"idle"})[:3]
     nodes_file = tmp_path / "nodes.txt"
     nodes_file.write_text("# nodes to stop\n" + "\n".join([*ids, "no-such-node"]) + "\n\n")
-    code, out, err = await run_cli("deallocate", "--endpoint", emu.endpoint, "--pool", "pool-a",
-                                   "--nodes-file", str(nodes_file), env=env_for(emu))  # fmt: skip
+    code, out, err = await run_cli(
+        "deallocate", "--endpoint", emu.endpoint, "--pool", "pool-a", "--nodes-file", str(nodes_file), env=env_for(emu)
+    )
     assert code == 1, err
     assert "NodeNotFound" in out
     assert "\x1b" not in err  # not a terminal: plain progress lines, no control characters
@@ -122,8 +136,9 @@ async def test_missing_credentials_exit_2() -> None:
 async def test_authentication_failure_exit_3(emu) -> None:
     """A key the service refuses: exit code 3, and the key never appears in any output."""
     wrong = "AAAA" + emu.account_key[4:]
-    code, out, err = await run_cli("deallocate", "--endpoint", emu.endpoint, "--pool", "pool-a", "--all",
-                                   env=env_for(emu, BATCH_ACCOUNT_KEY=wrong))  # fmt: skip
+    code, out, err = await run_cli(
+        "deallocate", "--endpoint", emu.endpoint, "--pool", "pool-a", "--all", env=env_for(emu, BATCH_ACCOUNT_KEY=wrong)
+    )
     assert code == 3
     assert wrong not in out + err
     assert emu.account_key not in out + err
@@ -132,8 +147,19 @@ async def test_authentication_failure_exit_3(emu) -> None:
 async def test_key_on_the_command_line_warns_and_is_never_printed(emu) -> None:
     """--account-key works but warns; the key is not echoed."""
     env = env_for(None, BATCH_ACCOUNT_NAME=emu.account_name)
-    code, out, err = await run_cli("deallocate", "--endpoint", emu.endpoint, "--pool", "pool-b", "--all",
-                                   "--account-key", emu.account_key, "--output", "json", env=env)  # fmt: skip
+    code, out, err = await run_cli(
+        "deallocate",
+        "--endpoint",
+        emu.endpoint,
+        "--pool",
+        "pool-b",
+        "--all",
+        "--account-key",
+        emu.account_key,
+        "--output",
+        "json",
+        env=env,
+    )
     assert code == 0, err
     assert "warning: --account-key" in err
     assert emu.account_key not in out + err
@@ -145,9 +171,21 @@ async def test_sigint_prints_the_partial_summary_and_exits_130(output) -> None:
     faults = FaultConfig(latency=0.05, operations={"deallocate"})
     async with BatchEmulator(pools={"slow": 3000}, seed=3, faults=faults) as emu:
         process = await asyncio.create_subprocess_exec(
-            *CLI, "deallocate", "--endpoint", emu.endpoint, "--pool", "slow", "--all", "--max-concurrency", "4",
-            "--output", output, env=env_for(emu), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            *CLI,
+            "deallocate",
+            "--endpoint",
+            emu.endpoint,
+            "--pool",
+            "slow",
+            "--all",
+            "--max-concurrency",
+            "4",
+            "--output",
+            output,
+            env=env_for(emu),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         while emu.stats.count("deallocate") < 20:  # noqa: ASYNC110 (the run is in another process)
             await asyncio.sleep(0.05)
         process.send_signal(signal.SIGINT)
@@ -166,9 +204,16 @@ async def test_sigint_prints_the_partial_summary_and_exits_130(output) -> None:
 async def test_emulator_command_serves_and_stops() -> None:
     """batch-dealloc emulator prints its endpoint and a ready-to-paste key, serves, and stops on SIGINT."""
     process = await asyncio.create_subprocess_exec(
-        *CLI, "emulator", "--port", "0", "--pool", "p=5", env=env_for(None), stdout=asyncio.subprocess.PIPE,
+        *CLI,
+        "emulator",
+        "--port",
+        "0",
+        "--pool",
+        "p=5",
+        env=env_for(None),
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     assert process.stdout is not None
     printed: list[str] = []
     while True:
@@ -180,8 +225,17 @@ async def test_emulator_command_serves_and_stops() -> None:
     endpoint = printed[-1].split()[-1]
     key_line = next(line for line in printed if "BATCH_ACCOUNT_KEY=" in line)
     key = key_line.strip().split("=", 1)[1]
-    code, out, err = await run_cli("deallocate", "--endpoint", endpoint, "--pool", "p", "--all", "--output", "json",
-                                   env=env_for(None, BATCH_ACCOUNT_NAME="emulator", BATCH_ACCOUNT_KEY=key))  # fmt: skip
+    code, out, err = await run_cli(
+        "deallocate",
+        "--endpoint",
+        endpoint,
+        "--pool",
+        "p",
+        "--all",
+        "--output",
+        "json",
+        env=env_for(None, BATCH_ACCOUNT_NAME="emulator", BATCH_ACCOUNT_KEY=key),
+    )
     assert code == 0, err
     assert json.loads(out)["nodes"] == 5
     process.send_signal(signal.SIGINT)

@@ -86,10 +86,23 @@ async def test_cli_never_prints_the_key() -> None:
         env.update(BATCH_ACCOUNT_NAME=emu.account_name, BATCH_ACCOUNT_KEY=KEY)
         for extra in ([], ["--account-key", KEY]):
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "batch_dealloc_async", "--debug", "deallocate", "--endpoint", emu.endpoint,
-                "--pool", "p", "--all", "--output", "json", *extra,
-                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
+                sys.executable,
+                "-m",
+                "batch_dealloc_async",
+                "--debug",
+                "deallocate",
+                "--endpoint",
+                emu.endpoint,
+                "--pool",
+                "p",
+                "--all",
+                "--output",
+                "json",
+                *extra,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
             out, err = await asyncio.wait_for(process.communicate(), 60)
             assert process.returncode == 3
             assert not leaks(out.decode() + err.decode())

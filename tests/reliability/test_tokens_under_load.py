@@ -40,8 +40,9 @@ class ShortLivedTokens:
 
 async def test_short_lived_tokens_during_a_long_bulk_run() -> None:
     """No request is refused for its token, tokens are renewed ahead of expiry, one acquisition at a time."""
-    async with BatchEmulator(pools={"p": 4000}, seed=5, token_validator=valid, throttle_rps=500, throttle_burst=50,
-                             state_mix={"idle": 1.0}) as emu:  # fmt: skip
+    async with BatchEmulator(
+        pools={"p": 4000}, seed=5, token_validator=valid, throttle_rps=500, throttle_burst=50, state_mix={"idle": 1.0}
+    ) as emu:
         tokens = ShortLivedTokens()
         async with BatchDeallocClient(emu.endpoint, tokens, max_concurrency=128) as client:
             report = await client.deallocate_pool("p")

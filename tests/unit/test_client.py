@@ -43,11 +43,14 @@ def expected_signature(method: str, url: str, headers, body: bytes | None) -> st
     path, _, query = path_and_query.partition("?")
     pairs = [tuple(p.split("=", 1)) for p in query.split("&")] if query else []
     s = string_to_sign(
-        method, REFERENCE_ACCOUNT, path, pairs,
+        method,
+        REFERENCE_ACCOUNT,
+        path,
+        pairs,
         ocp_headers=[("ocp-date", headers["ocp-date"])],
         content_length="" if method == "GET" else str(len(body or b"")),
         content_type=headers.get("Content-Type", ""),
-    )  # fmt: skip
+    )
     return SharedKeyCredential(REFERENCE_ACCOUNT, REFERENCE_KEY).authorization(s)
 
 

@@ -95,11 +95,13 @@ def test_invalid_endpoints(endpoint: object) -> None:
         ("requeue", b'{"nodeDeallocateOption": "requeue"}'),
         (BatchNodeDeallocateOption.TERMINATE, b'{"nodeDeallocateOption": "terminate"}'),
         ("taskcompletion", b'{"nodeDeallocateOption": "taskcompletion"}'),
-        (BatchNodeDeallocateOptions(node_deallocate_option=BatchNodeDeallocateOption.REQUEUE),
-         b'{"nodeDeallocateOption": "requeue"}'),
+        (
+            BatchNodeDeallocateOptions(node_deallocate_option=BatchNodeDeallocateOption.REQUEUE),
+            b'{"nodeDeallocateOption": "requeue"}',
+        ),
         (BatchNodeDeallocateOptions(), None),
     ],
-)  # fmt: skip
+)
 def test_option_to_body(option: object, body: bytes | None) -> None:
     """Each option becomes the exact body the SDK sends; no option means no body."""
     with warnings.catch_warnings():

@@ -16,9 +16,14 @@ OCP = (("ocp-date", REFERENCE_DATE),)
 def test_vector_1_deallocate_with_body() -> None:
     """Vector 1: POST deallocate with a 35-byte requeue body."""
     s = string_to_sign(
-        "POST", REFERENCE_ACCOUNT, DEALLOC, [("api-version", "2025-06-01")],
-        ocp_headers=OCP, content_length="35", content_type=CT,
-    )  # fmt: skip
+        "POST",
+        REFERENCE_ACCOUNT,
+        DEALLOC,
+        [("api-version", "2025-06-01")],
+        ocp_headers=OCP,
+        content_length="35",
+        content_type=CT,
+    )
     assert s == (
         "POST\n\n\n35\n\napplication/json; odata=minimalmetadata\n\n\n\n\n\n\n"
         "ocp-date:Sun, 01 Jun 2025 12:00:00 GMT\n/myaccount/pools/pool1/nodes/tvmps_abc_d/deallocate\n"
@@ -32,9 +37,13 @@ def test_vector_1_deallocate_with_body() -> None:
 def test_vector_2_bodiless_post_signs_zero_length() -> None:
     """Vector 2: a bodiless POST signs Content-Length 0 and no Content-Type."""
     s = string_to_sign(
-        "POST", REFERENCE_ACCOUNT, "/pools/pool1/nodes/tvmps_abc_d/start", [("api-version", "2025-06-01")],
-        ocp_headers=OCP, content_length="0",
-    )  # fmt: skip
+        "POST",
+        REFERENCE_ACCOUNT,
+        "/pools/pool1/nodes/tvmps_abc_d/start",
+        [("api-version", "2025-06-01")],
+        ocp_headers=OCP,
+        content_length="0",
+    )
     assert SharedKeyCredential(REFERENCE_ACCOUNT, REFERENCE_KEY).signature(s) == (
         "JhIDQWDnWygsj74SrJGThz3Rh2pqn2lJc13UZs9g/Rg="
     )
@@ -68,9 +77,15 @@ def test_vector_3_list_query_sorted_and_decoded() -> None:
 def test_vector_4_timeout_query_name_casing(lowercase: bool, expected: str) -> None:
     """Vectors 4a/4b: timeOut is lower-cased in the canonical query by default, switchable to the SDK form."""
     s = string_to_sign(
-        "POST", REFERENCE_ACCOUNT, DEALLOC, [("api-version", "2025-06-01"), ("timeOut", "30")],
-        ocp_headers=OCP, content_length="35", content_type=CT, lowercase_query_names=lowercase,
-    )  # fmt: skip
+        "POST",
+        REFERENCE_ACCOUNT,
+        DEALLOC,
+        [("api-version", "2025-06-01"), ("timeOut", "30")],
+        ocp_headers=OCP,
+        content_length="35",
+        content_type=CT,
+        lowercase_query_names=lowercase,
+    )
     assert SharedKeyCredential(REFERENCE_ACCOUNT, REFERENCE_KEY).signature(s) == expected
 
 
