@@ -33,7 +33,15 @@ from ._models import (
 from ._outcomes import BulkReport, ClientStats, NodeOutcome, OutcomeStatus
 from ._retry import RetryPolicy
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str) -> str:
+    """``__version__``, read from the installed package's metadata (pyproject.toml is its one source)."""
+    if name == "__version__":
+        from ._version import version  # noqa: PLC0415 (only when asked for)
+
+        return version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AccessToken",

@@ -24,20 +24,26 @@ from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 import attrs
 
-from ._errors import CredentialError
+from ._errors import AuthenticationError, CredentialError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+
+    from ._request import Request
 
 __all__ = [
     "BATCH_SCOPE",
     "AccessToken",
     "AccessTokenLike",
     "AsyncTokenCredentialLike",
+    "Authorizer",
+    "BearerAuthorizer",
+    "SharedKeyAuthorizer",
     "SharedKeyCredential",
     "TokenCache",
+    "authorizer_for",
     "canonical_query",
-    "request_string_to_sign",
+    "compose_string_to_sign",
     "string_to_sign",
 ]
 
@@ -112,22 +118,43 @@ def string_to_sign(
         The string whose HMAC-SHA256 is the signature.
     """
     headers = "".join(f"{name}:{value}\n" for name, value in sorted((n.lower(), v) for n, v in ocp_headers))
-    return _compose(
+    return compose_string_to_sign(
         method,
-        content_length,
-        content_type,
-        headers,
         account_name,
         encoded_path,
         canonical_query(tuple(query), lowercase_names=lowercase_query_names),
+        ocp=headers,
+        length=content_length,
+        content_type=content_type,
     )
 
 
-def _compose(  # noqa: PLR0917 (the slots of the string, in order)
-    method: str, length: str, content_type: str, ocp: str, account: str, path: str, query: str
+def compose_string_to_sign(
+    method: str,
+    account: str,
+    path: str,
+    query: str,
+    *,
+    ocp: str,
+    length: str,
+    content_type: str,
+    date: str = "",
 ) -> str:
-    # VERB, then 11 header slots (Content-Length is the 3rd, Content-Type the 5th), each ended by a newline.
-    return f"{method}\n\n\n{length}\n\n{content_type}\n\n\n\n\n\n\n{ocp}/{account}{path}{query}"
+    """The one StringToSign builder (the client's signing, :func:`string_to_sign` and the emulator's check).
+
+    Args:
+        method: The HTTP verb.
+        account: The account name.
+        path: The encoded path.
+        query: The canonical query (:func:`canonical_query`).
+        ocp: The canonical ``ocp-*`` headers, each ``name:value`` and a newline, sorted.
+        length: The Content-Length slot.
+        content_type: The Content-Type slot.
+        date: The Date slot (empty when ``ocp-date`` is sent).
+    """
+    # VERB, then 11 header slots (Content-Length is the 3rd, Content-Type the 5th, Date the 6th), each ended by
+    # a newline; then the ocp-* headers and the canonical resource.
+    return f"{method}\n\n\n{length}\n\n{content_type}\n{date}\n\n\n\n\n\n{ocp}/{account}{path}{query}"
 
 
 @functools.lru_cache(maxsize=64)
@@ -141,16 +168,6 @@ def canonical_query(query: tuple[tuple[str, str], ...], *, lowercase_names: bool
         if value:
             grouped.setdefault(name.lower() if lowercase_names else name, []).append(value)
     return "".join(f"\n{name}:{','.join(sorted(values))}" for name, values in sorted(grouped.items()))
-
-
-def request_string_to_sign(
-    method: str, account_name: str, encoded_path: str, query: str, *, ocp_date: str, length: str, content_type: str
-) -> str:
-    """:func:`string_to_sign` for a request whose only ``ocp-*`` header is ``ocp-date`` (every one we send).
-
-    ``query`` is the result of :func:`canonical_query`.
-    """
-    return _compose(method, length, content_type, f"ocp-date:{ocp_date}\n", account_name, encoded_path, query)
 
 
 class SharedKeyCredential:
@@ -285,3 +302,95 @@ class TokenCache:
         if self._token == token:
             self._token = None
             self._refresh_at = 0.0
+
+
+class Authorizer(Protocol):
+    """How a request gets its ``Authorization`` header, and what a refusal means (httpx's auth flow, reduced).
+
+    The wire layer calls :meth:`authorize` before every attempt (after the attempt's ``ocp-date`` is set) and,
+    on a ``401``/``403``, asks :meth:`refused` whether to resend once at once. The retry policy never sees
+    authentication: its predicate has no side effects.
+    """
+
+    async def authorize(self, request: Request, headers: dict[str, str]) -> str | None:
+        """Set ``headers["Authorization"]``; return what was used (a token to drop if refused), or ``None``."""
+        ...
+
+    def refused(self, error: AuthenticationError, used: str | None) -> bool:
+        """The service refused a request authorized with ``used``: True to resend once, with fresh credentials."""
+        ...
+
+
+class SharedKeyAuthorizer:
+    """Signs each attempt with the account key; a refusal is final (there is nothing to refresh)."""
+
+    __slots__ = ("_credential", "_lowercase")
+
+    def __init__(self, credential: SharedKeyCredential) -> None:
+        self._credential = credential
+        self._lowercase = credential.lowercase_query_names
+
+    def __repr__(self) -> str:
+        return f"SharedKeyAuthorizer({self._credential!r})"
+
+    async def authorize(self, request: Request, headers: dict[str, str]) -> str | None:
+        """Sign: the body's length and type, the attempt's ``ocp-date``, the path and the query."""
+        body = request.body
+        length = "" if request.method == "GET" else str(len(body)) if body is not None else "0"
+        to_sign = compose_string_to_sign(
+            request.method,
+            self._credential.account_name,
+            request.path,
+            canonical_query(request.query, lowercase_names=self._lowercase),
+            ocp=f"ocp-date:{headers['ocp-date']}\n",
+            length=length,
+            content_type=headers.get("Content-Type", ""),
+        )
+        headers["Authorization"] = self._credential.authorization(to_sign)
+        return None
+
+    def refused(self, error: AuthenticationError, used: str | None) -> bool:
+        """Never resend: the same key would be refused again."""
+        del error, used
+        return False
+
+
+class BearerAuthorizer:
+    """Bearer tokens from a :class:`TokenCache`; a 401 drops the token used and resends once with a fresh one."""
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self, tokens: TokenCache) -> None:
+        self._tokens = tokens
+
+    def __repr__(self) -> str:
+        return f"BearerAuthorizer({self._tokens!r})"
+
+    async def authorize(self, request: Request, headers: dict[str, str]) -> str | None:
+        """Set the cached (or a fresh) token."""
+        del request
+        token = await self._tokens.get()
+        headers["Authorization"] = f"Bearer {token}"
+        return token
+
+    def refused(self, error: AuthenticationError, used: str | None) -> bool:
+        """A 401 (or 403 AuthenticationFailed): the token may have expired or been revoked; drop it, resend once."""
+        if error.status != 401 and error.code != "AuthenticationFailed":  # noqa: PLR2004 (HTTP status)
+            return False
+        if used is not None:
+            self._tokens.invalidate(used)
+        return True
+
+
+def authorizer_for(credential: object, *, wall_clock: Callable[[], float]) -> Authorizer:
+    """The authorizer of a credential: Shared Key signs, anything with ``get_token`` gives Bearer tokens.
+
+    Raises:
+        TypeError: neither.
+    """
+    if isinstance(credential, SharedKeyCredential):
+        return SharedKeyAuthorizer(credential)
+    if callable(getattr(credential, "get_token", None)):
+        tokens = TokenCache(credential, scope=BATCH_SCOPE, wall_clock=wall_clock)  # type: ignore[arg-type]
+        return BearerAuthorizer(tokens)
+    raise TypeError("credential must be a SharedKeyCredential or have an async get_token(*scopes)")

@@ -1,51 +1,54 @@
 """The bulk engine: a fixed pool of workers pulls node ids and gives every one exactly one outcome.
 
-Memory is bounded by the number of workers, not the number of nodes: the input is pulled lazily through a
-queue of ``workers`` slots, and nothing is kept per node unless ``wait`` needs it (the accepted nodes it polls
-for). Every request goes through the client, so the client's one limiter paces all of them together.
+The engine knows nodes only through :class:`NodeBackend`, three operations (act on a node, read its state,
+list a pool), and what to do through a :class:`~._actions.NodeAction`; it never imports the client, the node
+operations or the wire. Time is the client's injected clock and sleep, for the run's deadline and for the
+waits between polls alike.
 
-Deadline: nodes still in the input, or queued, end ``not_attempted``; requests in flight are cancelled and end
-``timed_out``; with ``wait``, accepted nodes not yet ``deallocated`` end ``timed_out`` with their last state.
-An authentication failure stops the run: the failed node says why, the rest end ``not_attempted``.
+Memory is bounded by the number of workers, not the number of nodes: the input is pulled lazily, and nothing is
+kept per node unless ``wait`` needs it (the accepted nodes it polls for) or the caller asked for a report.
+
+Deadline: nodes still in the input end ``not_attempted``; requests in flight are cancelled and end ``timed_out``;
+with ``wait``, accepted nodes not yet done end ``timed_out`` with their last state. An authentication failure
+stops the run: the failed node says why, the rest end ``not_attempted``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
-import math
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeAlias
 
 import attrs
 
-from . import _request as rq
 from ._errors import AuthenticationError, BatchDeallocError, BatchTimeoutError, ConflictError, CredentialError
-from ._models import BatchNodeState
-from ._outcomes import ClientStats, NodeOutcome, OutcomeStatus
-from ._request import state_filter
+from ._outcomes import BulkReport, ClientStats, NodeOutcome, OutcomeStatus
+from ._request import state_filter, validate_node_id
 
 if TYPE_CHECKING:
-    from ._client import BatchDeallocClient
+    from types import TracebackType
+
+    from ._actions import NodeAction
+    from ._models import BatchNode, DeallocateResult
 
 __all__ = [
     "DEFAULT_WAIT_TIMEOUT",
-    "BulkEngine",
+    "BulkRun",
     "ListedCallback",
+    "NodeBackend",
     "NodeSource",
     "OutcomeCallback",
-    "validate_deadline",
 ]
 
-_log = logging.getLogger("batch_dealloc_async")
+_log = logging.getLogger(__name__)
 
 NodeSource: TypeAlias = Iterable[str] | AsyncIterable[str]
 OutcomeCallback: TypeAlias = Callable[[NodeOutcome], object]
 ListedCallback: TypeAlias = Callable[[str, int, int], object]
 
-ELIGIBLE_STATES: Final = frozenset({BatchNodeState.IDLE, BatchNodeState.RUNNING})
-_WAITING_STATES: Final = (BatchNodeState.DEALLOCATING, BatchNodeState.DEALLOCATED)
 _FIRST_POLL: Final = 1.0
 _POLL_GROWTH: Final = 1.5
 _POLL_CAP: Final = 15.0
@@ -53,19 +56,20 @@ DEFAULT_WAIT_TIMEOUT: Final = 3600.0
 _WORKERS_PER_SLOT: Final = 4
 
 
-def validate_deadline(deadline: object, name: str = "deadline") -> float | None:
-    """``None`` or a positive number of seconds.
+class NodeBackend(Protocol):
+    """The three operations a bulk run needs, with the run's action, body and timeout already bound."""
 
-    Raises:
-        ValueError: anything else.
-    """
-    if deadline is None:
-        return None
-    if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not math.isfinite(deadline):
-        raise ValueError(f"{name} must be a positive number of seconds, got {deadline!r}")
-    if deadline <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {deadline!r}")
-    return float(deadline)
+    async def perform(self, pool_id: str, node_id: str, run: ClientStats) -> DeallocateResult:
+        """Act on one node (retries included); raises :class:`BatchDeallocError` on failure."""
+        ...
+
+    async def read_state(self, pool_id: str, node_id: str, run: ClientStats) -> str | None:
+        """The node's state now; raises :class:`BatchDeallocError` when it cannot be read."""
+        ...
+
+    def list_nodes(self, pool_id: str, filter_: str, run: ClientStats) -> AsyncIterator[BatchNode]:
+        """The pool's nodes matching ``filter_``, id and state at least, every page."""
+        ...
 
 
 _END: Final[Any] = object()  # the input is exhausted (not None: None in the input is a bad id, not the end)
@@ -103,81 +107,200 @@ class _Worker:
     node_id: str | None = None
 
 
-class BulkEngine:
+class _Deadline:
+    """``asyncio.timeout`` run by the injected clock and sleep: the block is cancelled once ``clock() >= at``.
+
+    A watchdog task sleeps (with the injected sleep) until the clock passes ``at``, then expires the timeout, so a
+    simulated clock drives the run's deadline exactly as it drives the retries' backoff.
+    """
+
+    __slots__ = ("_at", "_clock", "_sleep", "_timeout", "_watchdog")
+
+    def __init__(self, at: float | None, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]) -> None:
+        self._at = at
+        self._clock = clock
+        self._sleep = sleep
+        self._timeout = asyncio.timeout(None)
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._timeout.__aenter__()
+        if self._at is not None:
+            self._watchdog = asyncio.create_task(self._watch(self._at), name="batch-dealloc-deadline")
+        return self
+
+    async def _watch(self, at: float) -> None:
+        while (left := at - self._clock()) > 0:
+            await self._sleep(left)
+        self._timeout.reschedule(asyncio.get_running_loop().time())
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        watchdog = self._watchdog
+        if watchdog is not None and not watchdog.done():
+            watchdog.cancel()
+            await asyncio.wait([watchdog])  # never raises; a cancellation of the caller still propagates
+        await self._timeout.__aexit__(exc_type, exc, tb)  # raises TimeoutError when it expired
+
+
+class BulkRun:
     """One bulk run over one or more pools, sharing a deadline, counters and an outcome sink.
 
+    Create it inside the running loop, then call one of :meth:`nodes`, :meth:`pools` or :meth:`stream`.
+
     Args:
-        client: The open client every request goes through.
-        option: The request body (``None`` for none), built once for the run.
-        service_timeout: The service ``timeOut`` of each request.
+        backend: The operations every request goes through.
+        action: What to do to each node, and its states.
+        slots: The client's concurrency ceiling: workers are four per slot (a worker waiting out a
+            Retry-After must not leave a slot idle), and a stream buffers two outcomes per slot.
         deadline: Seconds for the whole run, or ``None``.
-        wait: Poll until accepted nodes are ``deallocated``.
+        wait: Poll until accepted nodes reach the action's done state.
         wait_timeout: With ``wait`` and no deadline, stop waiting after this many seconds.
-        emit: Called with every final outcome, exactly once per node; awaited when it returns an awaitable.
-            Its synchronous part runs before any await, so a cancellation never loses an outcome.
-        room: Awaited by a worker before it takes the next node (the streaming iterator's backpressure).
+        on_outcome: Called with every final outcome, exactly once per node; awaited when it returns an
+            awaitable. Its synchronous part runs before any await, so a cancellation never loses an outcome.
+        clock: Monotonic seconds (the client's).
+        sleep: Awaitable sleep (the client's).
     """
 
     def __init__(
         self,
-        client: BatchDeallocClient,
+        backend: NodeBackend,
+        action: NodeAction,
         *,
-        body: bytes | None,
-        service_timeout: int | None,
+        slots: int,
         deadline: float | None,
         wait: bool,
         wait_timeout: float,
-        emit: Callable[[NodeOutcome], object],
-        room: Callable[[], Awaitable[None]] | None = None,
+        on_outcome: OutcomeCallback | None,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
     ) -> None:
-        self._client = client
-        self._body = body
-        self._timeout = service_timeout
+        self._backend = backend
+        self._action = action
+        self._slots = slots
         self._wait = wait
-        self._emit_fn = emit
-        self._room = room
+        self._on_outcome = on_outcome
+        self._clock = clock
+        self._sleep = sleep
+        self._outcomes: list[NodeOutcome] | None = []
+        self._room: Callable[[], Awaitable[None]] | None = None
         self.stats = ClientStats()
         self.poll_rounds = 0  # with wait: listing rounds, and the requests they took (also in ``stats``)
         self.poll_requests = 0
         self._stopped: BaseException | None = None  # an auth failure stops the run
         self.pool_errors: dict[str, BatchDeallocError] = {}
-        loop = asyncio.get_running_loop()
-        self._started = loop.time()
+        self._started = clock()
         self._deadline_at = None if deadline is None else self._started + deadline
         self._wait_until = self._deadline_at if self._deadline_at is not None else self._started + wait_timeout
-        # More workers than slots: a worker waiting out a Retry-After must not leave a slot idle (with one worker
-        # per slot, a burst of 429s stalls the whole run for the Retry-After). The limiter bounds what is sent.
-        self._workers = _WORKERS_PER_SLOT * client.limiter.max_concurrency
+
+    # ------------------------------------------------------------------------------------------- entry points
+
+    async def nodes(self, pool_id: str, node_ids: NodeSource) -> BulkReport:
+        """Act on every node of ``node_ids`` (pulled lazily); with ``wait``, then poll until they are done."""
+        await self._run_nodes(pool_id, node_ids)
+        return self._report()
+
+    async def pools(
+        self, pool_ids: Iterable[str], states: tuple[str, ...], on_listed: ListedCallback | None
+    ) -> BulkReport:
+        """Act on every node of the pools in ``states``; report the others ``skipped``. One TaskGroup, one report."""
+        async with asyncio.TaskGroup() as group:
+            for pool_id in pool_ids:
+                group.create_task(self._run_pool(pool_id, states, on_listed), name=f"batch-dealloc-pool-{pool_id}")
+        return self._report()
+
+    async def stream(self, pool_id: str, node_ids: NodeSource) -> AsyncGenerator[NodeOutcome]:
+        """Like :meth:`nodes`, yielding each outcome as it becomes final; no report is kept.
+
+        A slow consumer slows the workers down (at most two outcomes per slot wait in the buffer).
+        """
+        ready: asyncio.Queue[NodeOutcome | None] = asyncio.Queue()
+        room = asyncio.Event()
+        bound = 2 * self._slots
+
+        async def wait_for_room() -> None:
+            while ready.qsize() >= bound:
+                room.clear()
+                await room.wait()
+
+        self._outcomes = None
+        self._on_outcome = ready.put_nowait
+        self._room = wait_for_room
+
+        async def produce() -> None:
+            try:
+                await self._run_nodes(pool_id, node_ids)
+            finally:
+                ready.put_nowait(None)
+
+        # Not a TaskGroup: a generator must not yield inside one (closing it early would turn GeneratorExit into
+        # an exception group). The task is still structured: cancelled and awaited whatever way the loop ends.
+        producer = asyncio.create_task(produce(), name="batch-dealloc-iter")
+        try:
+            while (outcome := await ready.get()) is not None:
+                room.set()
+                yield outcome
+            await producer  # re-raises what stopped the run, if anything did
+        finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
+
+    # --------------------------------------------------------------------------------------------- outcomes
 
     def elapsed(self) -> float:
         """Seconds since the run began."""
-        return asyncio.get_running_loop().time() - self._started
+        return self._clock() - self._started
+
+    def _report(self) -> BulkReport:
+        stats = self.stats
+        return BulkReport(
+            outcomes=self._outcomes if self._outcomes is not None else [],
+            requests=stats.requests,
+            retries=stats.retries,
+            throttled=stats.throttled,
+            elapsed=self.elapsed(),
+            pool_errors=dict(self.pool_errors),
+            poll_rounds=self.poll_rounds,
+            poll_requests=self.poll_requests,
+        )
 
     async def _deliver(self, outcome: NodeOutcome) -> None:
-        returned = self._emit_fn(outcome)
-        if inspect.isawaitable(returned):
-            await returned
+        if self._outcomes is not None:
+            self._outcomes.append(outcome)
+        if self._on_outcome is not None:
+            returned = self._on_outcome(outcome)
+            if inspect.isawaitable(returned):
+                await returned
 
-    # ------------------------------------------------------------------------------------------ phases
+    def _deadline(self, at: float | None) -> _Deadline:
+        return _Deadline(at, self._clock, self._sleep)
 
-    async def run_pool(self, pool_id: str, states: tuple[str, ...], on_listed: ListedCallback | None = None) -> None:
-        """List the pool, then deallocate the nodes in ``states`` and report the others ``skipped``.
+    def _deadline_passed(self) -> bool:
+        return self._deadline_at is not None and self._clock() >= self._deadline_at
 
-        Both listings (eligible states, and the rest) finish before the first deallocation, so the run
-        works on one snapshot: paging never races our own state changes, and no node gets two outcomes.
+    # ------------------------------------------------------------------------------------------------ phases
+
+    async def _run_pool(self, pool_id: str, states: tuple[str, ...], on_listed: ListedCallback | None) -> None:
+        """List the pool, then act on the nodes in ``states`` and report the others ``skipped``.
+
+        Both listings (eligible states, and the rest) finish before the first request, so the run works on one
+        snapshot: paging never races our own state changes, and no node gets two outcomes.
         """
         eligible: dict[str, str | None] = {}
         others: dict[str, str | None] = {}
         complement = " and ".join(f"(state ne '{s}')" for s in states)
         try:
-            async with asyncio.timeout_at(self._deadline_at):
+            async with self._deadline(self._deadline_at):
                 await self._collect(pool_id, state_filter(states), eligible)
                 await self._collect(pool_id, complement, others)
         except TimeoutError:
             if not self._deadline_passed():
                 raise
         except BatchDeallocError as exc:
-            # The pool could not be listed: report what was found, deallocate nothing of a partial snapshot.
+            # The pool could not be listed: report what was found, act on nothing of a partial snapshot.
             _log.warning("listing pool %s failed: %s", pool_id, exc)
             self.pool_errors[pool_id] = exc
             if isinstance(exc, AuthenticationError | CredentialError):
@@ -193,24 +316,18 @@ class BulkEngine:
                 NodeOutcome(pool_id=pool_id, node_id=node_id, status=OutcomeStatus.SKIPPED, state=state)
             )
         if eligible:
-            await self.run_nodes(pool_id, list(eligible))
+            await self._run_nodes(pool_id, list(eligible))
 
     async def _collect(self, pool_id: str, filter_: str, into: dict[str, str | None]) -> None:
-        async for node in self._client._list(pool_id, filter_, run=self.stats):  # noqa: SLF001
+        async for node in self._backend.list_nodes(pool_id, filter_, self.stats):
             into[node.id] = node.state
 
-    async def run_nodes(self, pool_id: str, node_ids: NodeSource) -> None:
-        """Deallocate every node of ``node_ids``; with ``wait``, then poll until they are deallocated.
-
-        Args:
-            pool_id: The pool.
-            node_ids: The ids, pulled lazily by the workers.
-        """
+    async def _run_nodes(self, pool_id: str, node_ids: NodeSource) -> None:
         feed = _Feed(node_ids)
         pending: dict[str, NodeOutcome] = {}
-        workers = [_Worker() for _ in range(self._workers)]
+        workers = [_Worker() for _ in range(_WORKERS_PER_SLOT * self._slots)]
         try:
-            async with asyncio.timeout_at(self._deadline_at), asyncio.TaskGroup() as group:
+            async with self._deadline(self._deadline_at), asyncio.TaskGroup() as group:
                 for worker in workers:
                     group.create_task(self._work(pool_id, feed, worker, pending), name="batch-dealloc-worker")
         except TimeoutError:
@@ -219,7 +336,7 @@ class BulkEngine:
             _log.info("bulk run on %s: deadline reached; ending the remaining nodes", pool_id)
             await self._after_deadline(pool_id, workers, feed)
         if self._wait and pending:
-            await self._wait_deallocated(pool_id, pending)
+            await self._wait_done(pool_id, pending)
 
     async def _work(self, pool_id: str, feed: _Feed, me: _Worker, pending: dict[str, NodeOutcome]) -> None:
         items = feed.items
@@ -233,7 +350,7 @@ class BulkEngine:
                 outcome = self._not_attempted(pool_id, node_id)
             else:
                 me.node_id = node_id
-                outcome = await self._deallocate_one(pool_id, node_id)
+                outcome = await self._one(pool_id, node_id)
                 me.node_id = None  # no await between the result and here: cancellation cannot lose it
             if self._wait and outcome.status is OutcomeStatus.ACCEPTED:
                 pending[node_id] = outcome
@@ -245,7 +362,8 @@ class BulkEngine:
         for worker in workers:
             if worker.node_id is not None:
                 error = BatchTimeoutError(
-                    f"deallocate {pool_id}/{worker.node_id}: the run's deadline passed with the request in flight",
+                    f"{self._action.verb} {pool_id}/{worker.node_id}: the run's deadline passed with the request "
+                    "in flight",
                     client_request_id="",
                 )
                 await self._deliver(
@@ -254,22 +372,18 @@ class BulkEngine:
         while (node_id := await feed.pull()) is not _END:
             await self._deliver(self._not_attempted(pool_id, node_id))
 
-    # --------------------------------------------------------------------------------------- one node
+    # ------------------------------------------------------------------------------------------------ one node
 
-    async def _deallocate_one(self, pool_id: str, node_id: str) -> NodeOutcome:
-        client = self._client
+    async def _one(self, pool_id: str, node_id: str) -> NodeOutcome:
         try:
-            rq.validate_id("node_id", node_id, rq.NODE_ID_MAX)
+            validate_node_id(node_id)
         except ValueError as exc:
             return NodeOutcome(pool_id=pool_id, node_id=str(node_id), status=OutcomeStatus.FAILED, error=exc)
-        request = client._deallocate_request(pool_id, node_id, self._body, self._timeout)  # noqa: SLF001
         try:
-            result = await client._bulk_deallocate(  # noqa: SLF001 (the engine is the client's own bulk half)
-                request, pool_id, node_id, self._timeout, self.stats
-            )
+            result = await self._backend.perform(pool_id, node_id, self.stats)
         except ConflictError as exc:
             state = await self._peek_state(pool_id, node_id)
-            if state is not None and state not in ELIGIBLE_STATES:
+            if state is not None and state not in self._action.eligible:
                 return NodeOutcome(
                     pool_id=pool_id,
                     node_id=node_id,
@@ -287,7 +401,7 @@ class BulkEngine:
             status=OutcomeStatus.ACCEPTED,
             result=result,
             attempts=result.attempts,
-            state=BatchNodeState.DEALLOCATING.value,
+            state=self._action.accepted_state,
         )
 
     def _failed(self, pool_id: str, node_id: str, exc: BatchDeallocError, *, state: str | None = None) -> NodeOutcome:
@@ -303,21 +417,21 @@ class BulkEngine:
             state=state,
         )
 
-    def _not_attempted(self, pool_id: str, node_id: str) -> NodeOutcome:
+    @staticmethod
+    def _not_attempted(pool_id: str, node_id: str) -> NodeOutcome:
         return NodeOutcome(pool_id=pool_id, node_id=str(node_id), status=OutcomeStatus.NOT_ATTEMPTED)
 
     async def _peek_state(self, pool_id: str, node_id: str) -> str | None:
         """The node's state after a 409, or ``None`` when it cannot be read."""
         try:
-            node = await self._client._get_node_state(pool_id, node_id, run=self.stats)  # noqa: SLF001
+            return await self._backend.read_state(pool_id, node_id, self.stats)
         except BatchDeallocError:
             return None
-        return node.state
 
-    # ------------------------------------------------------------------------------------------- wait
+    # ---------------------------------------------------------------------------------------------------- wait
 
-    async def _wait_deallocated(self, pool_id: str, pending: dict[str, NodeOutcome]) -> None:
-        """Poll List Nodes (filtered, id and state only) until every pending node is deallocated."""
+    async def _wait_done(self, pool_id: str, pending: dict[str, NodeOutcome]) -> None:
+        """Poll List Nodes (filtered, id and state only) until every pending node is done."""
         polls = ClientStats()
         try:
             await self._poll(pool_id, pending, polls)
@@ -328,41 +442,37 @@ class BulkEngine:
             self.stats.throttled += polls.throttled
 
     async def _poll(self, pool_id: str, pending: dict[str, NodeOutcome], polls: ClientStats) -> None:
-        loop = asyncio.get_running_loop()
+        action = self._action
         delay = _FIRST_POLL
-        filter_ = state_filter(_WAITING_STATES)
+        filter_ = state_filter(action.watched)
         while pending:
-            remaining = self._wait_until - loop.time()
+            remaining = self._wait_until - self._clock()
             if remaining <= 0:
                 break
-            await asyncio.sleep(min(delay, remaining))
+            await self._sleep(min(delay, remaining))
             delay = min(delay * _POLL_GROWTH, _POLL_CAP)
             self.poll_rounds += 1
             try:
-                async with asyncio.timeout_at(self._wait_until):
-                    async for node in self._client._list(pool_id, filter_, run=polls):  # noqa: SLF001
+                async with self._deadline(self._wait_until):
+                    async for node in self._backend.list_nodes(pool_id, filter_, polls):
                         outcome = pending.get(node.id)
                         if outcome is None:
                             continue
-                        if node.state == BatchNodeState.DEALLOCATED:
+                        if node.state in action.done:
                             del pending[node.id]
-                            await self._deliver(
-                                attrs.evolve(outcome, status=OutcomeStatus.DEALLOCATED, state=node.state)
-                            )
+                            await self._deliver(attrs.evolve(outcome, status=action.done_status, state=node.state))
                         elif node.state != outcome.state:
                             pending[node.id] = attrs.evolve(outcome, state=node.state)
             except TimeoutError:
                 break
             except BatchDeallocError as exc:
-                _log.warning("polling %s for deallocated nodes failed (%s); trying again", pool_id, exc)
+                _log.warning("polling %s for %s nodes failed (%s); trying again", pool_id, action.verb, exc)
         for outcome in pending.values():
             error = BatchTimeoutError(
-                f"node {outcome.pool_id}/{outcome.node_id} was not deallocated in time (last state {outcome.state})",
+                f"node {outcome.pool_id}/{outcome.node_id} did not finish {action.verb} in time "
+                f"(last state {outcome.state})",
                 client_request_id=outcome.result.client_request_id if outcome.result else "",
                 attempts=outcome.attempts,
             )
             await self._deliver(attrs.evolve(outcome, status=OutcomeStatus.TIMED_OUT, error=error))
         pending.clear()
-
-    def _deadline_passed(self) -> bool:
-        return self._deadline_at is not None and asyncio.get_running_loop().time() >= self._deadline_at

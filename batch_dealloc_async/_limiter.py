@@ -273,14 +273,12 @@ class AdaptiveLimiter:
             self._pace_generation += 1
             self._next_slot = self._clock() + self._interval
 
-    def on_throttled(self, sent_at: float, retry_after: float | None = None) -> None:
+    def on_throttled(self, sent_at: float) -> None:
         """Record a throttled response to a request sent at ``sent_at`` (the stamp :meth:`acquire` gave).
 
-        Args:
-            sent_at: When the throttled request was sent.
-            retry_after: The server's hint; the request itself waits it out in the retry loop.
+        The throttled request waits out the server's Retry-After itself, in its retry loop; the client as a
+        whole slows by rate, not by pausing.
         """
-        del retry_after  # the throttled request waits it out itself; the client slows by rate, not by pause
         if not self.adaptive or sent_at < self._cut_at:
             return  # sent before the last cut: already accounted for
         now = self._clock()

@@ -6,6 +6,7 @@ import email.utils
 import functools
 import ipaddress
 import json
+import math
 import re
 import warnings
 from datetime import UTC, datetime
@@ -24,9 +25,15 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_API_VERSION",
+    "MAX_PAGE_SIZE",
     "MAX_SERVICE_TIMEOUT",
+    "NODE_ID_MAX",
+    "POOL_ID_MAX",
+    "STATE_SELECT",
     "Endpoint",
     "Request",
+    "RequestFactory",
+    "check_client_request_id",
     "deallocate_body",
     "encode_query",
     "format_http_date",
@@ -36,8 +43,12 @@ __all__ = [
     "quote_segment",
     "resolve_option",
     "state_filter",
+    "validate_deadline",
     "validate_endpoint",
     "validate_id",
+    "validate_node_id",
+    "validate_pool_id",
+    "validate_select",
     "validate_service_timeout",
 ]
 
@@ -46,6 +57,9 @@ CONTENT_TYPE: Final = "application/json; odata=minimalmetadata"
 MAX_SERVICE_TIMEOUT: Final = 30
 POOL_ID_MAX: Final = 64  # documented: "cannot contain more than 64 characters"
 NODE_ID_MAX: Final = 256  # service-made ids are about 70 characters; leave ample room
+MAX_PAGE_SIZE: Final = 1000  # the service's maximum (and default) maxresults
+STATE_SELECT: Final = "id,state"  # every listing and state check reads only these
+_GUID_RE: Final = re.compile(r"^[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$")
 _BAD_ID_CHARS: Final = re.compile(r"[\x00-\x20\x7f-\x9f/\\\u2028\u2029\ufeff]|\s")
 _CONTROL_OR_SPACE: Final = re.compile(r"[\x00-\x20\x7f-\x9f]|\s")
 _API_VERSION_RE: Final = re.compile(r"^[0-9A-Za-z.\-]{1,32}$")
@@ -69,6 +83,58 @@ def validate_id(kind: str, value: object, max_len: int) -> str:
     if value.strip(".") == "":
         raise ValueError(f"{kind} {value!r} is only dots")
     return value
+
+
+def validate_pool_id(value: object) -> str:
+    """:func:`validate_id` for a pool id."""
+    return validate_id("pool_id", value, POOL_ID_MAX)
+
+
+def validate_node_id(value: object) -> str:
+    """:func:`validate_id` for a node id."""
+    return validate_id("node_id", value, NODE_ID_MAX)
+
+
+def validate_deadline(deadline: object, name: str = "deadline") -> float | None:
+    """``None`` or a positive, finite number of seconds.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if deadline is None:
+        return None
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not math.isfinite(deadline):
+        raise ValueError(f"{name} must be a positive number of seconds, got {deadline!r}")
+    if deadline <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {deadline!r}")
+    return float(deadline)
+
+
+def check_client_request_id(value: object) -> str | None:
+    """``None`` or a GUID without braces (the service's format for ``client-request-id``).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _GUID_RE.match(value):
+        raise ValueError("client_request_id must be a GUID without braces, e.g. 9C4D50EE-2D56-4CD3-8152-34347DC9F2B0")
+    return value
+
+
+def validate_select(select: object) -> str | None:
+    """The ``$select`` value for property names (``None`` for all properties).
+
+    Raises:
+        ValueError: not property names.
+    """
+    if select is None:
+        return None
+    fields = [select] if isinstance(select, str) else list(select)  # type: ignore[call-overload]
+    if not fields or not all(isinstance(f, str) and f.replace("/", "").isalnum() for f in fields):
+        raise ValueError(f"select must be property names such as ('id', 'state'), got {select!r}")
+    return ",".join(fields)
 
 
 def validate_service_timeout(timeout: object) -> int | None:
@@ -307,3 +373,83 @@ def state_filter(states: Iterable[str]) -> str:
     if len(unique) == 1:
         return f"state eq '{unique[0]}'"
     return " or ".join(f"(state eq '{s}')" for s in unique)
+
+
+class RequestFactory:
+    """Builds one client's requests, remembering what a bulk run repeats (pool paths, the action queries).
+
+    Args:
+        endpoint: The checked endpoint.
+        api_version: The api-version every request carries.
+    """
+
+    __slots__ = ("_action_queries", "_endpoint", "_pool_prefixes", "api_version")
+
+    _MAX_POOLS: Final = 1024  # pool paths remembered; more pools are built each time
+
+    def __init__(self, endpoint: Endpoint, api_version: str) -> None:
+        self._endpoint = endpoint
+        self.api_version = api_version
+        self._pool_prefixes: dict[str, str] = {}
+        self._action_queries: dict[int | None, tuple[tuple[tuple[str, str], ...], str]] = {}
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The endpoint requests go to."""
+        return self._endpoint
+
+    def node_action(self, pool_id: str, node_id: str, verb: str, body: bytes | None, timeout: int | None) -> Request:
+        """``POST .../pools/{poolId}/nodes/{nodeId}/{verb}`` with the service ``timeOut``, if any."""
+        prefix = self._pool_prefixes.get(pool_id)
+        if prefix is None:
+            prefix = f"/pools/{quote_segment(pool_id)}/nodes/"
+            if len(self._pool_prefixes) < self._MAX_POOLS:
+                self._pool_prefixes[pool_id] = prefix
+        query = self._action_queries.get(timeout)
+        if query is None:
+            pairs = [("api-version", self.api_version)]
+            if timeout is not None:
+                pairs.append(("timeOut", str(timeout)))
+            query = self._action_queries[timeout] = (tuple(pairs), encode_query(pairs))
+        path = f"{prefix}{quote_segment(node_id)}/{verb}"
+        return Request("POST", f"{self._endpoint.base}{path}?{query[1]}", path, query[0], body)
+
+    def read_query(self, select: str | None, timeout: int | None) -> list[tuple[str, str]]:
+        """The query of a read: api-version, then ``$select`` and ``timeOut`` when given."""
+        query = [("api-version", self.api_version)]
+        if select is not None:
+            query.append(("$select", select))
+        if timeout is not None:
+            query.append(("timeOut", str(timeout)))
+        return query
+
+    def get_node(
+        self, pool_id: str, node_id: str, *, select: str | None = STATE_SELECT, timeout: int | None = None
+    ) -> Request:
+        """``GET .../pools/{poolId}/nodes/{nodeId}``, by default only the id and state."""
+        query = self.read_query(select, timeout)
+        return Request.build(self._endpoint, "GET", ("pools", pool_id, "nodes", node_id), query)
+
+    def list_nodes(
+        self,
+        pool_id: str,
+        *,
+        filter_: str | None,
+        select: str | None = STATE_SELECT,
+        page_size: int = MAX_PAGE_SIZE,
+        timeout: int | None = None,
+    ) -> Request:
+        """``GET .../pools/{poolId}/nodes``: the first page of a listing."""
+        query = self.read_query(select, timeout)
+        query.append(("maxresults", str(page_size)))
+        if filter_ is not None:
+            query.append(("$filter", filter_))
+        return Request.build(self._endpoint, "GET", ("pools", pool_id, "nodes"), query)
+
+    def next_page(self, link: str) -> Request:
+        """The request for a listing's ``odata.nextLink``.
+
+        Raises:
+            ValueError: the link points at another host or scheme.
+        """
+        return Request.from_link(self._endpoint, link, self.api_version)

@@ -30,8 +30,8 @@ async def test_leaving_async_with_mid_run_cleans_up() -> None:
                 await asyncio.sleep(0.3)
                 raise RuntimeError("the caller gives up")
         assert info.group_contains(RuntimeError)
-        assert client._session is not None
-        assert client._session.closed
+        assert client.session is not None
+        assert client.session.closed
         assert our_tasks() == []
 
 

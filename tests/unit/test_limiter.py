@@ -47,7 +47,7 @@ async def test_first_throttle_cuts_steeply_then_an_exact_estimate_cuts_gently(cl
     """The opening cut halves the measured rate; once an episode measures the service's rate, cuts are beta x it."""
     limiter = make(clock, 64)
     feed_successes(limiter, clock, rate=2000, seconds=0.02)  # the opening burst
-    limiter.on_throttled(clock.monotonic(), retry_after=1.0)
+    limiter.on_throttled(clock.monotonic())
     first = limiter.rate
     assert first is not None
     assert first == pytest.approx(0.5 * 2000, rel=0.05)
