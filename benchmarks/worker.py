@@ -1,8 +1,14 @@
 """One contestant, one run, in a process of its own: ``python -m benchmarks.worker '<json spec>'``.
 
 The process pins itself to one core, reads the node ids from a file, runs, and prints one JSON line with its
-own CPU time (user + sys), wall time, latencies, peak memory and outcome counts. The orchestrator
-(``benchmarks/run.py``) reads the emulator's counters around the run.
+own CPU time (user + sys), wall time, latencies, peak memory, outcome counts and the file
+``batch_dealloc_async`` was imported from (the A/B tool checks it). The orchestrator (``benchmarks/run.py``)
+reads the emulator's counters around the run.
+
+Latency is per call, the same for every contestant: from the moment the application starts the node's call
+(holding one of ``concurrency`` semaphore slots) until it returns, for the same sampled nodes everywhere.
+``deallocate_nodes`` hands nodes to its own workers, so it has no such moment: its run records no latency,
+and this library's latency comes from the ``calls`` mode (``deallocate_node`` under the same semaphore).
 """
 
 from __future__ import annotations
@@ -19,15 +25,22 @@ import resource
 import sys
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from batch_dealloc_async import BatchDeallocClient, NodeOutcome, RetryPolicy, SharedKeyCredential
+import batch_dealloc_async
+from batch_dealloc_async import BatchDeallocClient, BatchDeallocError, RetryPolicy, SharedKeyCredential
 
 API = "2025-06-01"
 SAMPLE = 16  # latency is recorded for one node in 16, so measuring it costs no contestant noticeable CPU
+
+
+def sampled(node_id: str) -> bool:
+    """Whether this node's latency is recorded: a stable choice (not ``hash()``), the same in every process."""
+    return zlib.crc32(node_id.encode()) % SAMPLE == 0
 
 
 def pin(core: int | None) -> None:
@@ -103,7 +116,7 @@ async def run_bare(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
                         url, headers=signer.headers(path), skip_auto_headers=("Content-Type",)
                     ) as r:
                         if r.status == 202:
-                            if hash(node_id) % SAMPLE == 0:
+                            if sampled(node_id):
                                 latencies.append(time.perf_counter() - started)
                             return
                         await r.read()
@@ -119,24 +132,9 @@ async def run_bare(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
 
 
 async def run_ours(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
-    """This library: deallocate_nodes (or iter_deallocate_nodes for the scale run)."""
+    """This library: deallocate_nodes, iter_deallocate_nodes (scale), or deallocate_node per node (calls)."""
     credential = SharedKeyCredential(spec["account"], spec["key"])
-    latencies: list[float] = []
-    started: dict[str, float] = {}
-    result: dict[str, Any] = {}
-    measure = spec.get("latency", True)
-
-    def source():  # noqa: ANN202 (a generator of ids)
-        for node_id in ids:
-            if measure and hash(node_id) % SAMPLE == 0:
-                started[node_id] = time.perf_counter()
-            yield node_id
-
-    def on_outcome(outcome: NodeOutcome) -> None:
-        begun = started.pop(outcome.node_id, None) if measure else None
-        if begun is not None and outcome.ok:
-            latencies.append(time.perf_counter() - begun)
-
+    result: dict[str, Any] = {"latencies": []}
     async with BatchDeallocClient(
         spec["endpoint"],
         credential,
@@ -150,13 +148,11 @@ async def run_ours(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
                 counts[outcome.status.value] = counts.get(outcome.status.value, 0) + 1
             result["counts"] = counts
             result["failed"] = sum(v for k, v in counts.items() if k not in {"accepted", "deallocated", "skipped"})
+        elif spec.get("mode") == "calls":
+            result.update(await _calls(client, spec, ids))
         else:
             report = await client.deallocate_nodes(
-                spec["pool"],
-                source(),
-                on_outcome=on_outcome,
-                wait=spec.get("wait", False),
-                deadline=spec.get("deadline"),
+                spec["pool"], (n for n in ids), wait=spec.get("wait", False), deadline=spec.get("deadline")
             )
             result["counts"] = report.counts
             result["failed"] = sum(not o.ok for o in report.outcomes)
@@ -164,8 +160,32 @@ async def run_ours(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
             result["poll_rounds"] = report.poll_rounds
         result["client_requests"] = client.stats.requests
         result["client_throttled"] = client.stats.throttled
-    result["latencies"] = latencies
     return result
+
+
+async def _calls(client: BatchDeallocClient, spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    """deallocate_node per node under a semaphore, driven exactly as the bare loop and the SDK are."""
+    semaphore = asyncio.Semaphore(spec["concurrency"])
+    latencies: list[float] = []
+    failed = 0
+    measure = spec.get("latency", True)
+
+    async def one(node_id: str) -> None:
+        nonlocal failed
+        async with semaphore:
+            started = time.perf_counter()
+            try:
+                await client.deallocate_node(spec["pool"], node_id)
+            except BatchDeallocError:
+                failed += 1
+                return
+            if measure and sampled(node_id):
+                latencies.append(time.perf_counter() - started)
+
+    async with asyncio.TaskGroup() as group:
+        for node_id in ids:
+            group.create_task(one(node_id))
+    return {"latencies": latencies, "failed": failed}
 
 
 async def run_sdk(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
@@ -197,7 +217,7 @@ async def run_sdk(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
                 except Exception:  # a lost node, whatever the SDK raised
                     failed += 1
                     return
-                if hash(node_id) % SAMPLE == 0:
+                if sampled(node_id):
                     latencies.append(time.perf_counter() - started)
 
         async with asyncio.TaskGroup() as group:
@@ -230,6 +250,7 @@ def main() -> None:
         p50=percentile(latencies, 0.50),
         p99=percentile(latencies, 0.99),
         peak_rss_growth_mib=max(0, status_kib("VmHWM") - baseline_rss) / 1024,
+        library=batch_dealloc_async.__file__,
     )
     print(json.dumps(result), flush=True)
 
