@@ -16,7 +16,6 @@ stops the run: the failed node says why, the rest end ``not_attempted``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -54,6 +53,7 @@ _POLL_GROWTH: Final = 1.5
 _POLL_CAP: Final = 15.0
 DEFAULT_WAIT_TIMEOUT: Final = 3600.0
 _WORKERS_PER_SLOT: Final = 4
+_DRAIN_GRACE: Final = 5.0  # seconds after the deadline for reading the rest of an async input
 
 
 class NodeBackend(Protocol):
@@ -76,9 +76,13 @@ _END: Final[Any] = object()  # the input is exhausted (not None: None in the inp
 
 
 class _Feed:
-    """The input, shared by every worker: a sync iterable is pulled without awaiting, an async one under a lock."""
+    """The input, shared by every worker: a sync iterable is pulled without awaiting, an async one under a lock.
 
-    __slots__ = ("_aiter", "_lock", "items")
+    An async source is read by a task of its own, which a cancelled worker does not cancel: a deadline never
+    interrupts the source mid-item (that would close a generator and lose the ids it had not yet given).
+    """
+
+    __slots__ = ("_aiter", "_lock", "_next", "items")
 
     def __init__(self, source: NodeSource) -> None:
         if isinstance(source, str | bytes):
@@ -90,6 +94,7 @@ class _Feed:
         else:
             self.items = iter(source)
         self._lock = asyncio.Lock()
+        self._next: asyncio.Future[Any] | None = None
 
     async def pull(self) -> Any:  # noqa: ANN401 (a node id, whatever the caller put in, or _END)
         """The next id, or ``_END``."""
@@ -97,7 +102,23 @@ class _Feed:
             return next(self.items, _END)
         assert self._aiter is not None  # noqa: S101 (one of the two is set)
         async with self._lock:
-            return await anext(self._aiter, _END)
+            if self._next is None:
+                self._next = asyncio.ensure_future(anext(self._aiter, _END))
+            try:
+                return await asyncio.shield(self._next)
+            finally:
+                if self._next.done():
+                    self._next = None
+
+    async def close(self) -> None:
+        """Stop reading an async source: cancel a read under way and close the source (a generator's finally runs)."""
+        pending, self._next = self._next, None
+        if pending is not None and not pending.done():
+            pending.cancel()
+            await asyncio.wait([pending])
+        aclose = getattr(self._aiter, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 @attrs.define
@@ -213,7 +234,8 @@ class BulkRun:
     async def stream(self, pool_id: str, node_ids: NodeSource) -> AsyncGenerator[NodeOutcome]:
         """Like :meth:`nodes`, yielding each outcome as it becomes final; no report is kept.
 
-        A slow consumer slows the workers down (at most two outcomes per slot wait in the buffer).
+        A slow consumer slows the workers down: a worker takes no new node while two outcomes per slot wait, so
+        the buffer holds at most six per slot (those two, plus one for each worker whose node was in progress).
         """
         ready: asyncio.Queue[NodeOutcome | None] = asyncio.Queue()
         room = asyncio.Event()
@@ -245,8 +267,8 @@ class BulkRun:
         finally:
             if not producer.done():
                 producer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await producer
+                # asyncio.wait never raises the producer's cancellation, and lets a cancellation of this task through.
+                await asyncio.wait([producer])
 
     # --------------------------------------------------------------------------------------------- outcomes
 
@@ -292,19 +314,25 @@ class BulkRun:
         eligible: dict[str, str | None] = {}
         others: dict[str, str | None] = {}
         complement = " and ".join(f"(state ne '{s}')" for s in states)
+        listed = False
         try:
             async with self._deadline(self._deadline_at):
                 await self._collect(pool_id, state_filter(states), eligible)
                 await self._collect(pool_id, complement, others)
+            listed = True
         except TimeoutError:
             if not self._deadline_passed():
                 raise
+            self.pool_errors[pool_id] = BatchTimeoutError(
+                f"listing pool {pool_id}: the run's deadline passed before the listing finished", client_request_id=""
+            )
         except BatchDeallocError as exc:
-            # The pool could not be listed: report what was found, act on nothing of a partial snapshot.
             _log.warning("listing pool %s failed: %s", pool_id, exc)
             self.pool_errors[pool_id] = exc
             if isinstance(exc, AuthenticationError | CredentialError):
                 self._stopped = exc
+        if not listed:
+            # The pool could not be listed: report what was found, act on nothing of a partial snapshot.
             for node_id in eligible:
                 await self._deliver(self._not_attempted(pool_id, node_id))
             eligible.clear()
@@ -335,6 +363,8 @@ class BulkRun:
                 raise  # not our deadline
             _log.info("bulk run on %s: deadline reached; ending the remaining nodes", pool_id)
             await self._after_deadline(pool_id, workers, feed)
+        finally:
+            await feed.close()
         if self._wait and pending:
             await self._wait_done(pool_id, pending)
 
@@ -369,8 +399,12 @@ class BulkRun:
                 await self._deliver(
                     NodeOutcome(pool_id=pool_id, node_id=worker.node_id, status=OutcomeStatus.TIMED_OUT, error=error)
                 )
-        while (node_id := await feed.pull()) is not _END:
-            await self._deliver(self._not_attempted(pool_id, node_id))
+        try:
+            async with self._deadline(self._clock() + _DRAIN_GRACE):
+                while (node_id := await feed.pull()) is not _END:
+                    await self._deliver(self._not_attempted(pool_id, node_id))
+        except TimeoutError:
+            _log.warning("bulk run on %s: the input gave no end within %g s of the deadline", pool_id, _DRAIN_GRACE)
 
     # ------------------------------------------------------------------------------------------------ one node
 
@@ -445,30 +479,28 @@ class BulkRun:
         action = self._action
         delay = _FIRST_POLL
         filter_ = state_filter(action.watched)
-        while pending:
+        stopped: BatchDeallocError | None = None
+        while pending and stopped is None:
             remaining = self._wait_until - self._clock()
             if remaining <= 0:
                 break
             await self._sleep(min(delay, remaining))
+            if self._clock() >= self._wait_until:
+                break  # a round now would start with no time left
             delay = min(delay * _POLL_GROWTH, _POLL_CAP)
             self.poll_rounds += 1
             try:
                 async with self._deadline(self._wait_until):
-                    async for node in self._backend.list_nodes(pool_id, filter_, polls):
-                        outcome = pending.get(node.id)
-                        if outcome is None:
-                            continue
-                        if node.state in action.done:
-                            del pending[node.id]
-                            await self._deliver(attrs.evolve(outcome, status=action.done_status, state=node.state))
-                        elif node.state != outcome.state:
-                            pending[node.id] = attrs.evolve(outcome, state=node.state)
+                    await self._poll_round(pool_id, pending, filter_, polls)
             except TimeoutError:
                 break
+            except (AuthenticationError, CredentialError) as exc:
+                _log.warning("polling %s for %s nodes stopped: %s", pool_id, action.verb, exc)
+                stopped = exc  # the same credential will be refused again: stop waiting
             except BatchDeallocError as exc:
                 _log.warning("polling %s for %s nodes failed (%s); trying again", pool_id, action.verb, exc)
         for outcome in pending.values():
-            error = BatchTimeoutError(
+            error = stopped or BatchTimeoutError(
                 f"node {outcome.pool_id}/{outcome.node_id} did not finish {action.verb} in time "
                 f"(last state {outcome.state})",
                 client_request_id=outcome.result.client_request_id if outcome.result else "",
@@ -476,3 +508,18 @@ class BulkRun:
             )
             await self._deliver(attrs.evolve(outcome, status=OutcomeStatus.TIMED_OUT, error=error))
         pending.clear()
+
+    async def _poll_round(
+        self, pool_id: str, pending: dict[str, NodeOutcome], filter_: str, polls: ClientStats
+    ) -> None:
+        """One listing of the watched states: nodes seen done (or failed) end; the others keep their last state."""
+        action = self._action
+        async for node in self._backend.list_nodes(pool_id, filter_, polls):
+            outcome = pending.get(node.id)
+            if outcome is None:
+                continue
+            if node.state in action.done:
+                del pending[node.id]
+                await self._deliver(attrs.evolve(outcome, status=action.done_status, state=node.state))
+            elif node.state != outcome.state:
+                pending[node.id] = attrs.evolve(outcome, state=node.state)

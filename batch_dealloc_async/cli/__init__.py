@@ -117,13 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     emulator = commands.add_parser(
         "emulator", help="run the local Batch emulator", description="Run the local Batch emulator in the foreground."
     )
-    emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=8080)
-    emulator.add_argument("--pool", action="append", default=[], metavar="NAME=COUNT", help="a pool and its size")
-    emulator.add_argument("--throttle-rps", type=_positive_float, help="requests/second before 429s")
-    emulator.add_argument("--throttle-burst", type=_positive_int, default=30)
-    emulator.add_argument("--fault-rate", type=float, default=0.0, help="share of requests with a fault (0..1)")
-    emulator.add_argument("--seed", type=int, default=0)
+    from ..emulator import add_arguments  # noqa: PLC0415 (one definition of the options, the emulator's own)
+
+    add_arguments(emulator)
 
     demo = commands.add_parser(
         "demo",

@@ -8,10 +8,8 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING
 
-from .._client import BatchDeallocClient
-from .._outcomes import BulkReport, NodeOutcome
-from ..emulator import BatchEmulator, EmulatorConfig, FaultConfig
-from ..emulator._main import serve
+from .. import BatchDeallocClient, BulkReport, NodeOutcome
+from ..emulator import BatchEmulator, EmulatorConfig, FaultConfig, config_from, serve
 
 if TYPE_CHECKING:
     import argparse
@@ -20,22 +18,8 @@ __all__ = ["demo_config", "run_demo", "run_emulator"]
 
 
 def run_emulator(args: argparse.Namespace) -> int:
-    """Serve in the foreground until Ctrl-C."""
-    pools: dict[str, int] = {}
-    for spec in args.pool or ["pool-1=100"]:
-        name, sep, count = spec.partition("=")
-        if not sep or not name or not count.isdigit():
-            raise ValueError(f"--pool takes NAME=COUNT, e.g. pool-a=2000; got {spec!r}")
-        pools[name] = int(count)
-    if not 0.0 <= args.fault_rate <= 1.0:
-        raise ValueError("--fault-rate is a share of requests, between 0 and 1")
-    config = EmulatorConfig(
-        pools=pools,
-        seed=args.seed,
-        throttle_rps=args.throttle_rps,
-        throttle_burst=args.throttle_burst,
-        faults=FaultConfig.mixed(args.fault_rate),
-    )
+    """Serve in the foreground until Ctrl-C (the options are the emulator's own: ``add_arguments``)."""
+    config = config_from(args)  # a ValueError is a usage error, reported by main()
     try:
         asyncio.run(serve(config, args.host, args.port))
     except KeyboardInterrupt:

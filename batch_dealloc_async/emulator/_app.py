@@ -1,7 +1,8 @@
 """The emulator's HTTP face: thin aiohttp.web handlers over :class:`BatchState`.
 
-Each request goes: authentication, throttling, injected faults (before), query checks, the operation,
-injected faults (after), latency. Errors are the service's BatchError JSON, with its content type.
+Each request goes: latency before, outage windows, authentication, throttling, injected faults (before), query
+checks, the operation, injected faults (after), latency. Errors are the service's BatchError JSON, with its
+content type.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 from .._auth import canonical_query
-from ._faults import AFTER_FAULTS, BEFORE_FAULTS, FaultPicker, TokenBucket
+from ._faults import AFTER_FAULTS, BEFORE_FAULTS, THROTTLE_FAULTS, FaultPicker, TokenBucket, scheduled_rate
 from ._state import ServiceFault, decode_skiptoken, encode_skiptoken, parse_select, parse_state_filter
+from ._stats import Timeline
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
     from multidict import CIMultiDictProxy
 
-    from ._config import EmulatorConfig
+    from ._config import EmulatorConfig, Outage
     from ._state import BatchState, Node
     from ._stats import EmulatorStats
 
@@ -49,11 +51,29 @@ _HTML_502: Final = (
 )
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
 _BAD_BODY: Final = "The specified Request Body is not syntactically valid."
+_INTERNAL_ERROR: Final = "Server encountered an internal error. Please try again after some time."
+_SERVER_BUSY: Final = "The server is currently unable to receive requests. Please retry your request."
+_TOO_MANY_REQUESTS: Final = "Request failed as server encountered too many requests. Please try again."
+#: The operations whose first request starts the run clock (listing comes before, and does not).
+_CLOCK_STARTERS: Final = frozenset({"deallocate", "start"})
+_NO_STEP: Final = -1.0  # no schedule step applied yet (steps begin at >= 0)
 _ERRORS_METADATA: Final = "Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element"
 
 
+def _nothing() -> None:
+    pass
+
+
 class Runtime:
-    """What the handlers share: state, configuration, counters, the bucket and the fault RNG."""
+    """What the handlers share: state, configuration, counters, the bucket, the fault RNG and run time 0.
+
+    Args:
+        state: The pools and nodes.
+        stats: The counters to bump.
+        clock: Monotonic seconds.
+        wall_clock: Epoch seconds.
+        sleep: Waits for the latencies and the slow fault (injectable, so a test can drive them on its clock).
+    """
 
     def __init__(
         self,
@@ -62,15 +82,22 @@ class Runtime:
         *,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.state = state
         self.stats = stats
         self.clock = clock
         self.wall_clock = wall_clock
+        self.sleep = sleep
         self.endpoint = ""
         self.picker = FaultPicker(state.config.seed)
         self.bucket: TokenBucket | None = None
         self.config = state.config
+        #: Run time 0 (monotonic), set by the first Deallocate or Start; ``None`` until then.
+        self.origin: float | None = None
+        #: Called when run time 0 is set or the configuration changes (the emulator's outage watcher).
+        self.wake: Callable[[], None] = _nothing
+        self._step = _NO_STEP
         self._key = b""
         self._date_cache: tuple[str, float | None] = ("", None)
         self._http_second = -1
@@ -78,19 +105,76 @@ class Runtime:
         self.apply(state.config)
 
     def apply(self, config: EmulatorConfig) -> None:
-        """Take a new configuration (``BatchEmulator.update``); the state keeps its nodes."""
+        """Take a new configuration (``BatchEmulator.update``); the state keeps its nodes, run time 0 is reset."""
         old = self.config
         self.config = config
         self.state.config = config
         self._key = base64.b64decode(config.key)
-        if config.throttle_rps is None:
+        self.origin = None
+        throttling = (config.throttle_rps, config.throttle_burst, config.throttle_schedule)
+        changed = (old.throttle_rps, old.throttle_burst, old.throttle_schedule) != throttling
+        if config.throttle_schedule:
+            if changed or self._step == _NO_STEP:
+                self.bucket = None  # set by the step in force, at the next request
+                self._step = _NO_STEP
+        elif config.throttle_rps is None:
             self.bucket = None
-        elif (
-            self.bucket is None
-            or old.throttle_rps != config.throttle_rps
-            or old.throttle_burst != config.throttle_burst
-        ):
+        elif self.bucket is None or changed:
             self.bucket = TokenBucket(config.throttle_rps, config.throttle_burst, self.clock)
+        self.wake()
+
+    def run_time(self, now: float) -> float:
+        """Seconds since run time 0 (0 before it is set)."""
+        return 0.0 if self.origin is None else now - self.origin
+
+    def start_clock(self, now: float) -> None:
+        """Set run time 0 to ``now`` unless it is set; a new run gets a new timeline."""
+        if self.origin is None:
+            self.origin = now
+            self.stats.timeline = Timeline(self.config.timeline_bin)
+            self.wake()
+
+    def throttle_rate(self, now: float) -> float | None:
+        """The token bucket's rate in force (``None``: unlimited), bringing the bucket to the scheduled step."""
+        config = self.config
+        if not config.throttle_schedule:
+            return config.throttle_rps
+        rate, at = scheduled_rate(config.throttle_schedule, self.run_time(now))
+        step = _NO_STEP if at is None else at
+        if step != self._step:
+            self._step = step
+            if rate is None:
+                self.bucket = None  # unlimited; a later limited step starts with a full bucket
+            elif self.bucket is None:
+                self.bucket = TokenBucket(rate, config.throttle_burst, self.clock)
+            elif self.bucket.rate != rate:
+                since = now if self.origin is None else self.origin + step
+                self.bucket.set_rate(rate, since)
+        return rate
+
+    def outage(self, now: float) -> Outage | None:
+        """The outage window in force at ``now``, if any (none before run time 0)."""
+        if self.origin is None or not self.config.outages:
+            return None
+        run_time = now - self.origin
+        return next((o for o in self.config.outages if o.covers(run_time)), None)
+
+    def refusal(self, now: float) -> tuple[bool, float | None]:
+        """Whether a refuse window is in force at ``now``, and the seconds until that may change (``None``: never)."""
+        windows = [o for o in self.config.outages if o.kind == "refuse"]
+        if self.origin is None or not windows:
+            return False, None
+        run_time = now - self.origin
+        edges = [edge - run_time for o in windows for edge in (o.start, o.end) if edge > run_time]
+        return any(o.covers(run_time) for o in windows), min(edges, default=None)
+
+    def record(self, operation: str, status: int, answered: float | None, *, throttled: bool) -> None:
+        """Count a request; an answer given since run time 0 also goes on the timeline."""
+        self.stats.requests[(operation, status)] += 1
+        origin = self.origin
+        if answered is not None and origin is not None and answered >= origin:
+            rate = self.throttle_rate(answered)
+            self.stats.timeline.add(answered - origin, status, throttled=throttled, rate=rate)
 
     def http_date(self) -> str:
         """Now, RFC 7231, formatted once per second."""
@@ -124,6 +208,10 @@ RUNTIME: Final = web.AppKey("runtime", Runtime)
 
 class _Reset(Exception):  # noqa: N818 (control flow: the connection was reset on purpose)
     pass
+
+
+class _Throttled(ServiceFault):
+    """A throttling answer (429/503 with the throttling codes): the timeline counts it as throttled."""
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -211,7 +299,22 @@ def _check_shared_key(runtime: Runtime, request: web.Request, credentials: str) 
     raise _denied("signature mismatch")
 
 
-def _throttle(runtime: Runtime) -> None:
+def _outage(runtime: Runtime, request: web.Request, now: float) -> None:
+    """In an outage window: a 500 without processing, or a reset in a refuse window.
+
+    (A request can still come in during a refuse window on a connection opened before the listener closed.)
+    """
+    outage = runtime.outage(now)
+    if outage is None:
+        return
+    runtime.stats.outage_requests += 1
+    if outage.kind == "refuse":
+        _reset(request)
+    raise ServiceFault(500, "InternalError", _INTERNAL_ERROR)
+
+
+def _throttle(runtime: Runtime, now: float) -> None:
+    runtime.throttle_rate(now)
     bucket = runtime.bucket
     if bucket is None:
         return
@@ -221,8 +324,8 @@ def _throttle(runtime: Runtime) -> None:
     runtime.stats.throttled += 1
     headers = {"Retry-After": TokenBucket.retry_after(wait)}
     if runtime.config.throttle_status == 503:  # noqa: PLR2004 (HTTP status)
-        raise ServiceFault(503, "ServerBusy", "The server is busy.", headers=headers)
-    raise ServiceFault(429, "TooManyRequests", "The server is busy, please retry.", headers=headers)
+        raise _Throttled(503, "ServerBusy", "The server is busy.", headers=headers)
+    raise _Throttled(429, "TooManyRequests", "The server is busy, please retry.", headers=headers)
 
 
 def _check_query(query: Mapping[str, str]) -> None:
@@ -276,6 +379,14 @@ def _before_fault(runtime: Runtime, request: web.Request, operation: str, reques
     if kind is None:
         return None
     runtime.stats.faults[kind] += 1
+    if kind in THROTTLE_FAULTS:
+        runtime.stats.throttled += 1
+        if kind == "server_busy":
+            seconds = faults.server_busy_retry_after
+            headers = {} if seconds is None else {"Retry-After": str(seconds)}
+            raise _Throttled(503, "ServerBusy", _SERVER_BUSY, headers=headers)
+        headers = {"Retry-After": str(faults.too_many_requests_retry_after)}
+        raise _Throttled(429, "TooManyRequests", _TOO_MANY_REQUESTS, headers=headers)
     if kind == "reset_before":
         _reset(request)
     if kind == "html_502":
@@ -286,7 +397,7 @@ def _before_fault(runtime: Runtime, request: web.Request, operation: str, reques
         return web.Response(status=500, body=body[: len(body) // 2], headers=headers)
     if kind == "error_503":
         raise ServiceFault(503, "ServiceUnavailable", "The service is temporarily unavailable.")
-    raise ServiceFault(500, "InternalError", "Server encountered an internal error. Please try again after some time.")
+    raise ServiceFault(500, "InternalError", _INTERNAL_ERROR)
 
 
 async def _after_fault(runtime: Runtime, request: web.Request, operation: str) -> None:
@@ -299,7 +410,7 @@ async def _after_fault(runtime: Runtime, request: web.Request, operation: str) -
     runtime.stats.faults[kind] += 1
     if kind == "reset_after":
         _reset(request)
-    await asyncio.sleep(faults.slow_seconds)
+    await runtime.sleep(faults.slow_seconds)
 
 
 # ------------------------------------------------------------------------------------------------ operations
@@ -420,16 +531,26 @@ async def _serve(request: web.Request, operation: str) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     request_id = _request_id()
     status = 0
+    answered: float | None = None  # when the answer was decided (before the way back), for the timeline
+    throttled = False
     try:
         config = runtime.config
+        faults = config.faults
+        affected = operation in faults.operations
+        if faults.latency_before and affected:
+            await runtime.sleep(faults.latency_before)  # the way there: nothing is looked at yet
+        now = runtime.clock()
+        if operation in _CLOCK_STARTERS:
+            runtime.start_clock(now)
         try:
+            _outage(runtime, request, now)
             if config.auth:
                 try:
                     _authenticate(runtime, request)
                 except ServiceFault:
                     runtime.stats.auth_failures += 1
                     raise
-            _throttle(runtime)
+            _throttle(runtime, now)
             early = _before_fault(runtime, request, operation, request_id)
             if early is not None:
                 response = early
@@ -438,19 +559,22 @@ async def _serve(request: web.Request, operation: str) -> web.StreamResponse:
                 response = await _operate(runtime, request, operation, request_id)
                 await _after_fault(runtime, request, operation)
         except ServiceFault as fault:
+            throttled = isinstance(fault, _Throttled)
             response = _error_response(runtime, fault, request, request_id)
-        faults = config.faults
-        if (faults.latency or faults.latency_jitter) and operation in faults.operations:
-            await asyncio.sleep(faults.latency + runtime.picker.jitter(faults.latency_jitter))
+        answered = runtime.clock()
+        if (faults.latency or faults.latency_jitter) and affected:
+            await runtime.sleep(faults.latency + runtime.picker.jitter(faults.latency_jitter))
         status = response.status
     except _Reset:
         status = -1  # counted as status -1: a reset
+        answered = runtime.clock()
         raise asyncio.CancelledError from None  # aiohttp drops the (already aborted) connection quietly
     except asyncio.CancelledError:
-        status = 499  # the client went away first (nginx's "client closed request")
+        status = 499  # the client went away first (nginx's "client closed request"); no answer to count
+        answered = None
         raise
     finally:
-        runtime.stats.requests[(operation, status)] += 1
+        runtime.record(operation, status, answered, throttled=throttled)
     return response
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import base64
 import math
 import random
-from collections.abc import Callable, Mapping  # noqa: TC003 (attrs resolves annotations at runtime)
-from typing import Final
+from collections.abc import Callable, Iterable, Mapping  # noqa: TC003 (attrs resolves annotations at runtime)
+from typing import Any, Final, Literal
 
 import attrs
 
-__all__ = ["DEFAULT_STATE_MIX", "OPERATIONS", "EmulatorConfig", "FaultConfig"]
+__all__ = ["DEFAULT_STATE_MIX", "OPERATIONS", "OUTAGE_KINDS", "EmulatorConfig", "FaultConfig", "Outage"]
 
 OPERATIONS: Final = frozenset({"deallocate", "start", "get", "list"})
+OUTAGE_KINDS: Final = frozenset({"error_500", "refuse"})
 
 DEFAULT_STATE_MIX: Final[Mapping[str, float]] = {
     "idle": 0.55,
@@ -35,6 +36,16 @@ def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) ->
         raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
 
 
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
+
+
+def _seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{attribute.name} must be whole seconds >= 0, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class FaultConfig:
     """Injected faults, each a probability per request of an affected operation.
@@ -48,8 +59,15 @@ class FaultConfig:
         slow_seconds: See ``slow``.
         html_502: Answer a proxy's HTML ``502 Bad Gateway`` page without processing.
         truncated_json: Answer ``500`` with a BatchError body cut in half, without processing.
-        latency: Seconds added to every answer of an affected operation.
+        server_busy: Throttle: answer ``503 ServerBusy`` without processing (counted as throttled).
+        server_busy_retry_after: The Retry-After (whole seconds) of those 503s; ``None`` (the default): no header,
+            since whether the service always sends one is unconfirmed.
+        too_many_requests: Throttle: answer ``429 TooManyRequests`` without processing (counted as throttled).
+        too_many_requests_retry_after: The Retry-After (whole seconds) of those 429s.
+        latency: Seconds added to every answer of an affected operation, after processing (the way back).
         latency_jitter: Up to this many more seconds, uniformly.
+        latency_before: Seconds a request of an affected operation travels before it is processed (before
+            authentication, throttling and any change); a one-way latency ``L`` is ``latency_before=L, latency=L``.
         operations: The operations faults apply to (``deallocate``, ``start``, ``get``, ``list``).
     """
 
@@ -61,8 +79,13 @@ class FaultConfig:
     slow_seconds: float = attrs.field(default=40.0, validator=_non_negative)
     html_502: float = attrs.field(default=0.0, validator=_probability)
     truncated_json: float = attrs.field(default=0.0, validator=_probability)
+    server_busy: float = attrs.field(default=0.0, validator=_probability)
+    server_busy_retry_after: int | None = attrs.field(default=None, validator=_seconds)
+    too_many_requests: float = attrs.field(default=0.0, validator=_probability)
+    too_many_requests_retry_after: int = attrs.field(default=1, validator=_seconds)
     latency: float = attrs.field(default=0.0, validator=_non_negative)
     latency_jitter: float = attrs.field(default=0.0, validator=_non_negative)
+    latency_before: float = attrs.field(default=0.0, validator=_non_negative)
     operations: frozenset[str] = attrs.field(default=OPERATIONS, converter=frozenset)
 
     @operations.validator
@@ -87,7 +110,39 @@ class FaultConfig:
     @property
     def any_before(self) -> bool:
         """Whether any fault can happen before processing."""
-        return self.error_500 + self.error_503 + self.reset_before + self.html_502 + self.truncated_json > 0
+        errors = self.error_500 + self.error_503 + self.reset_before + self.html_502 + self.truncated_json
+        return errors + self.server_busy + self.too_many_requests > 0
+
+
+def _outage_kind(_: object, __: attrs.Attribute[Any], value: object) -> None:
+    if value not in OUTAGE_KINDS:
+        raise ValueError(f"an outage's kind is one of {sorted(OUTAGE_KINDS)}, got {value!r}")
+
+
+@attrs.frozen
+class Outage:
+    """A window of run time in which the service is down (run time 0: see ``EmulatorConfig``).
+
+    Attributes:
+        start: Seconds of run time at which the window begins.
+        duration: Its length in seconds.
+        kind: ``error_500``: every request is answered ``500 InternalError`` without processing;
+            ``refuse``: the emulator stops listening (connections are refused; open ones are aborted), and
+            listens again on the same port when the window ends.
+    """
+
+    start: float = attrs.field(validator=_non_negative)
+    duration: float = attrs.field(validator=_positive)
+    kind: Literal["error_500", "refuse"] = attrs.field(validator=_outage_kind)
+
+    @property
+    def end(self) -> float:
+        """Seconds of run time at which the window ends."""
+        return self.start + self.duration
+
+    def covers(self, run_time: float) -> bool:
+        """Whether ``run_time`` falls in the window (its end excluded)."""
+        return self.start <= run_time < self.end
 
 
 def _pools(value: Mapping[str, int]) -> Mapping[str, int]:
@@ -98,6 +153,30 @@ def _pools(value: Mapping[str, int]) -> Mapping[str, int]:
         if not isinstance(count, int) or count < 0:
             raise ValueError(f"pool {pool!r} needs a node count >= 0, got {count!r}")
     return pools
+
+
+def _schedule(value: Iterable[tuple[float, float | None]]) -> tuple[tuple[float, float | None], ...]:
+    steps: list[tuple[float, float | None]] = []
+    for step in value:
+        at, rate = step
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) or at < 0:
+            raise ValueError(f"throttle_schedule times must be finite seconds >= 0, got {at!r}")
+        if steps and at <= steps[-1][0]:
+            raise ValueError(f"throttle_schedule times must ascend, got {at!r} after {steps[-1][0]!r}")
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0
+        ):
+            raise ValueError(f"throttle_schedule rates must be > 0 (or None for unlimited), got {rate!r}")
+        steps.append((float(at), None if rate is None else float(rate)))
+    return tuple(steps)
+
+
+def _outages(value: Iterable[Outage]) -> tuple[Outage, ...]:
+    outages = tuple(value)
+    for outage in outages:
+        if not isinstance(outage, Outage):
+            raise TypeError(f"outages must be Outage values, got {outage!r}")
+    return outages
 
 
 def _mix(value: Mapping[str, float]) -> Mapping[str, float]:
@@ -119,7 +198,10 @@ class EmulatorConfig:
         state_mix: Weights of the states nodes start in.
         deallocate_delay: Seconds a node stays ``deallocating``.
         taskcompletion_delay: The same for ``taskcompletion``/``retaineddata`` on a ``running`` node.
-        start_delay: Seconds a started node stays ``starting``.
+        start_delay: Seconds a started node takes to become ``idle`` (``starting`` all along), or to end
+            ``starttaskfailed`` (half ``starting``, then half ``waitingforstarttask``).
+        start_task_failure: The share of started nodes (drawn from a seeded RNG, in the order they are started)
+            whose start task fails: they end ``starttaskfailed`` instead of ``idle``.
         auth: Check credentials (False: accept any request).
         bearer_tokens: Bearer tokens accepted besides Shared Key.
         token_validator: Decides on other Bearer tokens (e.g. tokens that carry their own expiry in tests).
@@ -129,8 +211,20 @@ class EmulatorConfig:
         throttle_rps: Requests per second for the whole account; ``None`` for no throttling.
         throttle_burst: The token bucket's size.
         throttle_status: 429 (TooManyRequests) or 503 (ServerBusy) when throttled.
+        throttle_schedule: Steps ``(at, rate)`` of run time: from ``at`` seconds on, the token bucket fills at
+            ``rate`` requests per second (``None``: unlimited). Times ascend from 0; before the first step (if it
+            is later than 0) there is no limit. A rate change keeps the tokens in the bucket (the burst stays
+            ``throttle_burst``); after an unlimited step the bucket starts full. Given, it replaces
+            ``throttle_rps``.
+        outages: Windows of run time in which the service is down (see :class:`Outage`).
         faults: Injected faults.
         max_results: The service's default and maximum page size.
+        timeline_bin: The width in seconds of the bins of the stats' timeline.
+
+    Run time 0, the origin of ``throttle_schedule``, ``outages`` and the stats' timeline, is the moment the
+    first Deallocate or Start request arrives (so a client can list nodes first); until then run time is taken
+    as 0 (the step at 0 applies, no outage does). ``BatchEmulator.update`` resets it: the next Deallocate or
+    Start starts the clock again, and a new timeline. The clock is the emulator's (injected) ``clock``.
     """
 
     pools: Mapping[str, int] = attrs.field(factory=lambda: {"pool-1": 100}, converter=_pools)
@@ -141,6 +235,7 @@ class EmulatorConfig:
     deallocate_delay: float = attrs.field(default=2.0, validator=_non_negative)
     taskcompletion_delay: float = attrs.field(default=6.0, validator=_non_negative)
     start_delay: float = attrs.field(default=2.0, validator=_non_negative)
+    start_task_failure: float = attrs.field(default=0.0, validator=_probability)
     auth: bool = True
     bearer_tokens: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset, repr=False)
     token_validator: Callable[[str], bool] | None = attrs.field(default=None, repr=False, eq=False)
@@ -149,8 +244,11 @@ class EmulatorConfig:
     throttle_rps: float | None = None
     throttle_burst: int = 30
     throttle_status: int = 429
+    throttle_schedule: tuple[tuple[float, float | None], ...] = attrs.field(default=(), converter=_schedule)
+    outages: tuple[Outage, ...] = attrs.field(default=(), converter=_outages)
     faults: FaultConfig = attrs.field(factory=FaultConfig)
     max_results: int = 1000
+    timeline_bin: float = attrs.field(default=0.1, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.throttle_rps is not None and not self.throttle_rps > 0:

@@ -1,7 +1,11 @@
-"""Throttling (one token bucket for the account) and the injected faults, drawn from a seeded RNG."""
+"""Throttling (one token bucket for the account, its rate on an optional schedule) and the injected faults.
+
+Every random choice is drawn from a seeded RNG.
+"""
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from typing import TYPE_CHECKING, Final
@@ -11,11 +15,36 @@ if TYPE_CHECKING:
 
     from ._config import FaultConfig
 
-__all__ = ["AFTER_FAULTS", "BEFORE_FAULTS", "FaultPicker", "TokenBucket"]
+__all__ = ["AFTER_FAULTS", "BEFORE_FAULTS", "THROTTLE_FAULTS", "FaultPicker", "TokenBucket", "scheduled_rate"]
 
-#: Faults answered instead of processing, and faults after processing, in the order they are drawn.
-BEFORE_FAULTS: Final = ("error_500", "error_503", "reset_before", "html_502", "truncated_json")
+#: Faults answered instead of processing, and faults after processing, in the order they are drawn. New kinds
+#: go last, so a seed replays the same faults as before when they are off.
+BEFORE_FAULTS: Final = (
+    "error_500",
+    "error_503",
+    "reset_before",
+    "html_502",
+    "truncated_json",
+    "server_busy",
+    "too_many_requests",
+)
 AFTER_FAULTS: Final = ("reset_after", "slow")
+#: The faults that are throttling (429/503 the client should slow down for), counted as throttled.
+THROTTLE_FAULTS: Final = frozenset({"server_busy", "too_many_requests"})
+
+
+def scheduled_rate(
+    schedule: tuple[tuple[float, float | None], ...], run_time: float
+) -> tuple[float | None, float | None]:
+    """The rate of the step in force at ``run_time`` (``None``: unlimited) and the run time that step began.
+
+    Before the first step there is no limit (and no step: ``(None, None)``).
+    """
+    index = bisect.bisect_right(schedule, run_time, key=lambda step: step[0]) - 1
+    if index < 0:
+        return None, None
+    at, rate = schedule[index]
+    return rate, at
 
 
 class TokenBucket:
@@ -35,6 +64,18 @@ class TokenBucket:
         self._clock = clock
         self._tokens = float(burst)
         self._last = clock()
+
+    def set_rate(self, rate: float, since: float) -> None:
+        """Fill at ``rate`` from monotonic time ``since`` on (tokens up to then accrue at the old rate).
+
+        The tokens in the bucket are kept (the burst does not change); ``since`` is clamped between the last
+        take and now, so a change is never applied to time already accounted for.
+        """
+        now = self._clock()
+        since = min(max(since, self._last), now)
+        self._tokens = min(self.burst, self._tokens + (since - self._last) * self.rate)
+        self._last = since
+        self.rate = rate
 
     def take(self) -> float | None:
         """Take a token: ``None`` when one was there, else the seconds until one will be."""

@@ -1,4 +1,7 @@
-"""The emulator as a process: ``python -m batch_dealloc_async.emulator`` (and ``batch-dealloc emulator``)."""
+"""The emulator as a process: ``python -m batch_dealloc_async.emulator`` and ``batch-dealloc emulator``.
+
+Both take their options from :func:`add_arguments` and build the configuration with :func:`config_from`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from . import BatchEmulator, EmulatorConfig, FaultConfig
+from ._config import OUTAGE_KINDS, EmulatorConfig, FaultConfig, Outage
+from ._emulator import BatchEmulator
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -53,8 +57,51 @@ def _state_mix(text: str) -> dict[str, float]:
     return mix
 
 
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not whole seconds >= 0")
+    return value
+
+
+def _schedule(text: str) -> tuple[tuple[float, float | None], ...]:
+    steps: list[tuple[float, float | None]] = []
+    for part in text.split(","):
+        at, sep, rate = part.strip().partition(":")
+        try:
+            step = (float(at), None if rate.strip().lower() == "none" else float(rate))
+        except ValueError:
+            step = None
+        if not sep or step is None:
+            message = f"--throttle-schedule takes AT:RATE,..., e.g. 0:600,5:150,15:none; got {text!r}"
+            raise argparse.ArgumentTypeError(message)
+        steps.append(step)
+    return tuple(steps)
+
+
+def _outage(text: str) -> Outage:
+    start, duration, kind = ([*text.split(":", 2), "", ""])[:3]
+    try:
+        return Outage(float(start), float(duration), kind)  # type: ignore[arg-type] # the kind is checked by Outage
+    except ValueError:
+        kinds = " or ".join(sorted(OUTAGE_KINDS))
+        raise argparse.ArgumentTypeError(
+            f"--outage takes START:DURATION:KIND (KIND {kinds}), e.g. 10:5:refuse; got {text!r}"
+        ) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The emulator's options (shared with ``batch-dealloc emulator``)."""
+    """Add the emulator's options to ``parser``: one definition for both entry points.
+
+    ``python -m batch_dealloc_async.emulator`` and ``batch-dealloc emulator`` both call this; build the
+    configuration from the parsed namespace with :func:`config_from`.
+
+    Args:
+        parser: The parser (or subparser) to add them to.
+    """
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 for a free one)")
     parser.add_argument(
@@ -65,8 +112,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--throttle-burst", type=int, default=30, help="token bucket size (default 30)")
     parser.add_argument("--throttle-status", type=int, choices=(429, 503), default=429)
     parser.add_argument("--fault-rate", type=_fraction, default=0.0, help="share of requests with an injected fault")
+    parser.add_argument(
+        "--throttle-schedule",
+        type=_schedule,
+        default=(),
+        metavar="AT:RATE,...",
+        help="token bucket rate by run time, e.g. 0:600,5:150,15:600 (rate 'none': unlimited); replaces --throttle-rps",
+    )
+    parser.add_argument(
+        "--server-busy", type=_fraction, default=0.0, metavar="P", help="share of requests answered 503 ServerBusy"
+    )
+    parser.add_argument(
+        "--server-busy-retry-after",
+        type=_seconds,
+        metavar="N",
+        help="Retry-After seconds on those 503s (default: no header)",
+    )
+    parser.add_argument(
+        "--too-many-requests",
+        type=_fraction,
+        default=0.0,
+        metavar="P",
+        help="share of requests answered 429 TooManyRequests",
+    )
+    parser.add_argument(
+        "--too-many-requests-retry-after",
+        type=_seconds,
+        default=1,
+        metavar="N",
+        help="Retry-After seconds on those 429s (default 1)",
+    )
+    parser.add_argument(
+        "--outage",
+        type=_outage,
+        action="append",
+        default=[],
+        metavar="START:DURATION:KIND",
+        help="an outage window of run time, KIND error_500 or refuse (repeatable)",
+    )
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    parser.add_argument(
+        "--latency-before", type=float, default=0.0, metavar="S", help="seconds a request travels before processing"
+    )
     parser.add_argument("--deallocate-delay", type=float, default=2.0, help="seconds in 'deallocating' (default 2)")
+    parser.add_argument(
+        "--start-task-failure",
+        type=_fraction,
+        default=0.0,
+        metavar="P",
+        help="share of started nodes ending starttaskfailed",
+    )
+    parser.add_argument(
+        "--timeline-bin", type=float, default=0.1, metavar="S", help="seconds per bin of the stats' timeline"
+    )
     parser.add_argument(
         "--state-mix", type=_state_mix, help="initial states, e.g. idle=0.6,running=0.4 (default: a realistic mix)"
     )
@@ -85,9 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace) -> EmulatorConfig:
-    """The configuration the options describe."""
+    """The configuration the options of :func:`add_arguments` describe.
+
+    Args:
+        args: The parsed options.
+
+    Returns:
+        The configuration.
+
+    Raises:
+        ValueError: A value the configuration refuses (e.g. a throttle schedule whose times do not ascend).
+    """
     pools = dict(args.pool) or {"pool-1": 100}
-    faults = FaultConfig.mixed(args.fault_rate, latency=args.latency)
+    faults = FaultConfig.mixed(
+        args.fault_rate,
+        latency=args.latency,
+        latency_before=args.latency_before,
+        server_busy=args.server_busy,
+        server_busy_retry_after=args.server_busy_retry_after,
+        too_many_requests=args.too_many_requests,
+        too_many_requests_retry_after=args.too_many_requests_retry_after,
+    )
     extra = {"state_mix": args.state_mix} if args.state_mix else {}
     return EmulatorConfig(
         **extra,
@@ -100,12 +216,25 @@ def config_from(args: argparse.Namespace) -> EmulatorConfig:
         throttle_rps=args.throttle_rps,
         throttle_burst=args.throttle_burst,
         throttle_status=args.throttle_status,
+        throttle_schedule=args.throttle_schedule,
+        outages=args.outage,
+        start_task_failure=args.start_task_failure,
+        timeline_bin=args.timeline_bin,
         faults=faults,
     )
 
 
 async def serve(config: EmulatorConfig, host: str, port: int) -> None:
-    """Serve until SIGINT or SIGTERM, printing the endpoint and the key to paste."""
+    """Serve until SIGINT or SIGTERM, printing the endpoint and the key to paste.
+
+    Args:
+        config: The configuration.
+        host: The address to bind.
+        port: The port (0: a free one).
+
+    Raises:
+        OSError: The address cannot be bound.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

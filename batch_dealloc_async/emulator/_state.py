@@ -59,16 +59,33 @@ class ServiceFault(Exception):  # noqa: N818 (a service answer, not a bug)
 
 
 class Node:
-    """One compute node. ``state_at(now)`` is ``before`` until ``until``, then ``after``."""
+    """One compute node. ``state_at(now)`` is ``before`` until ``until``, ``middle`` until ``settled``, then ``after``.
 
-    __slots__ = ("after", "before", "calls", "changed", "id", "index", "is_dedicated", "until", "version")
+    A plain transition has no middle phase (``settled == until``).
+    """
+
+    __slots__ = (
+        "after",
+        "before",
+        "calls",
+        "changed",
+        "id",
+        "index",
+        "is_dedicated",
+        "middle",
+        "settled",
+        "until",
+        "version",
+    )
 
     def __init__(self, node_id: str, index: int, state: str, changed: float, *, is_dedicated: bool) -> None:
         self.id = node_id
         self.index = index
         self.before = state
+        self.middle = state
         self.after = state
         self.until = float("inf")
+        self.settled = float("inf")
         self.changed = changed
         self.calls = 0  # deallocate requests that reached this node
         self.version = 0  # bumps on every change: the ETag
@@ -76,18 +93,29 @@ class Node:
 
     def state_at(self, now: float) -> str:
         """The state at monotonic time ``now``."""
-        return self.before if now < self.until else self.after
+        if now < self.until:
+            return self.before
+        return self.middle if now < self.settled else self.after
 
     def changed_at(self, now: float) -> float:
         """When the state last changed (monotonic)."""
-        return self.changed if now < self.until else self.until
+        if now < self.until:
+            return self.changed
+        return self.until if now < self.settled else self.settled
 
-    def transition(self, now: float, during: str, after: str, delay: float) -> None:
-        """Enter ``during`` now, then ``after`` once ``delay`` seconds have passed."""
+    def transition(
+        self, now: float, during: str, after: str, delay: float, *, via: str | None = None, via_delay: float = 0.0
+    ) -> None:
+        """Enter ``during`` now, then ``after`` once ``delay`` seconds have passed.
+
+        With ``via``, the node is in ``via`` for ``via_delay`` seconds between the two.
+        """
         self.before = during
+        self.middle = after if via is None else via
         self.after = after
         self.changed = now
         self.until = now + delay
+        self.settled = self.until if via is None else self.until + via_delay
         self.version += 1
 
 
@@ -124,6 +152,7 @@ class BatchState:
         self.clock = clock
         self.wall_clock = wall_clock
         rng = random.Random(f"state-{config.seed}")  # noqa: S311 (simulation, not cryptography)
+        self._start_rng = random.Random(f"start-{config.seed}")  # noqa: S311 (its own, so other draws do not shift)
         states = list(config.state_mix)
         weights = [config.state_mix[s] for s in states]
         now = clock()
@@ -175,7 +204,11 @@ class BatchState:
         return node
 
     def start(self, pool_id: str, node_id: str) -> Node:
-        """Deallocated -> starting -> idle; anything else is a 409."""
+        """Deallocated -> starting -> idle; anything else is a 409.
+
+        A share ``start_task_failure`` of started nodes goes starting -> waitingforstarttask -> starttaskfailed
+        instead, half of ``start_delay`` in each.
+        """
         node = self.node(pool_id, node_id)
         now = self.clock()
         state = node.state_at(now)
@@ -186,7 +219,13 @@ class BatchState:
                 f"The specified operation is not valid for the current state of the resource (state {state}).",
                 {"NodeState": state},
             )
-        node.transition(now, "starting", "idle", self.config.start_delay)
+        delay = self.config.start_delay
+        if self._start_rng.random() < self.config.start_task_failure:  # drawn for every start: a replayable split
+            node.transition(
+                now, "starting", "starttaskfailed", delay / 2, via="waitingforstarttask", via_delay=delay / 2
+            )
+        else:
+            node.transition(now, "starting", "idle", delay)
         return node
 
     # ------------------------------------------------------------------------------------------- reading

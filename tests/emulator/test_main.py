@@ -1,19 +1,25 @@
-"""The emulator as a process: ``python -m batch_dealloc_async.emulator`` serves, prints its key, stops on SIGINT."""
+"""The emulator as a process: ``python -m batch_dealloc_async.emulator`` serves, prints its key, stops on SIGINT.
+
+Its options are defined once, and ``batch-dealloc emulator`` takes the same ones.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import re
 import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from batch_dealloc_async import SharedKeyCredential
-from batch_dealloc_async.emulator import BatchEmulator
+from batch_dealloc_async import SharedKeyCredential, cli, emulator
+from batch_dealloc_async.emulator import BatchEmulator, EmulatorConfig, FaultConfig, Outage, config_from
+from batch_dealloc_async.emulator._main import build_parser, main
 from tests.emulator.test_app import signed
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:(\d+))")
@@ -119,3 +125,122 @@ def test_busy_port_exits_1():
         result = run("--port", str(port), "--pool", "p=1")
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
+
+
+# ------------------------------------------------------------------------------------- one option definition
+
+FLAGS = [
+    "--pool",
+    "p=5",
+    "--seed",
+    "4",
+    "--server-busy",
+    "0.1",
+    "--server-busy-retry-after",
+    "3",
+    "--too-many-requests",
+    "0.2",
+    "--too-many-requests-retry-after",
+    "2",
+    "--throttle-schedule",
+    "0:600,5:150,15:none",
+    "--throttle-burst",
+    "40",
+    "--outage",
+    "10:5:refuse",
+    "--outage",
+    "30:2.5:error_500",
+    "--latency-before",
+    "0.05",
+    "--latency",
+    "0.07",
+    "--start-task-failure",
+    "0.25",
+    "--timeline-bin",
+    "0.5",
+    "--throttle-status",
+    "503",
+    "--deallocate-delay",
+    "1.5",
+    "--state-mix",
+    "idle=3,running=1",
+    "--account-name",
+    "acct",
+    "--no-auth",
+]
+
+
+def test_flags_become_the_config():
+    """Every option of the emulator's command line lands in its field of the configuration."""
+    config = config_from(build_parser().parse_args(FLAGS))
+    assert config.pools == {"p": 5}
+    assert config.seed == 4
+    assert config.throttle_schedule == ((0.0, 600.0), (5.0, 150.0), (15.0, None))
+    assert config.throttle_burst == 40
+    assert config.throttle_status == 503
+    assert config.outages == (Outage(10.0, 5.0, "refuse"), Outage(30.0, 2.5, "error_500"))
+    assert config.start_task_failure == 0.25
+    assert config.timeline_bin == 0.5
+    assert config.deallocate_delay == 1.5
+    assert config.state_mix == {"idle": 3.0, "running": 1.0}
+    assert (config.account_name, config.auth) == ("acct", False)
+    faults = config.faults
+    assert (faults.server_busy, faults.server_busy_retry_after) == (0.1, 3)
+    assert (faults.too_many_requests, faults.too_many_requests_retry_after) == (0.2, 2)
+    assert (faults.latency_before, faults.latency) == (0.05, 0.07)
+
+
+def test_defaults_leave_the_new_features_off():
+    """Without options the throttling faults, schedule, outages and start-task failures are off."""
+    config = config_from(build_parser().parse_args([]))
+    assert config == EmulatorConfig(pools={"pool-1": 100}, faults=FaultConfig.mixed(0.0))
+    assert config.faults.server_busy_retry_after is None
+
+
+@pytest.mark.parametrize("flags", [FLAGS, [], ["--port", "0", "--throttle-rps", "50", "--fault-rate", "0.1"]])
+def test_both_entry_points_share_one_definition(flags):
+    """batch-dealloc emulator parses exactly the options of python -m batch_dealloc_async.emulator."""
+    own = build_parser().parse_args(flags)
+    via_cli = vars(cli.build_parser().parse_args(["emulator", *flags]))
+    assert {k: v for k, v in via_cli.items() if k not in {"command", "debug"}} == vars(own)
+    assert config_from(argparse.Namespace(**via_cli)) == config_from(own)
+
+
+def test_the_cli_uses_only_the_public_emulator_namespace():
+    """The CLI imports the emulator's options and serve() from batch_dealloc_async.emulator, no private module."""
+    sources = [Path(cli.__file__), Path(cli.__file__).with_name("_emulator.py")]
+    text = "\n".join(path.read_text(encoding="utf-8") for path in sources)
+    assert re.search(r"emulator\._\w+", text) is None
+    assert "from ..emulator import add_arguments" in text
+    assert {"add_arguments", "config_from", "serve", "Outage"} <= set(emulator.__all__)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--outage", "10:5:flood"],
+        ["--outage", "10:5"],
+        ["--outage", "-1:5:refuse"],
+        ["--throttle-schedule", "0:abc"],
+        ["--throttle-schedule", "5"],
+        ["--server-busy", "1.5"],
+        ["--server-busy-retry-after", "-1"],
+        ["--start-task-failure", "2"],
+    ],
+)
+def test_bad_flag_is_a_usage_error(flags, capsys):
+    """A malformed option value is an argparse error (exit 2) naming the option."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(flags)
+    assert exited.value.code == 2
+    assert flags[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--throttle-schedule", "5:10,2:20"], ["--throttle-schedule", "0:0"], ["--timeline-bin", "0"]],
+)
+def test_value_the_config_refuses_exits_2(flags, capsys):
+    """A value the configuration refuses (a descending schedule, a zero rate or bin) exits 2 before serving."""
+    assert main(["--port", "0", *flags]) == 2
+    assert "error:" in capsys.readouterr().err

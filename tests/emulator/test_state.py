@@ -134,6 +134,44 @@ def test_start_from_deallocated_goes_through_starting_to_idle(clock):
     assert state_of(state, node_id) == "idle"
 
 
+def test_failed_start_task_goes_through_waitingforstarttask_to_starttaskfailed(clock):
+    """With start_task_failure=1 a started node is starting, then waitingforstarttask, then starttaskfailed."""
+    state = make_state(clock, {"deallocated": 1.0}, start_task_failure=1.0)
+    node_id = first_in(state, "deallocated")
+    started = clock.monotonic()
+    node = state.start(POOL, node_id)
+    assert state_of(state, node_id) == "starting"
+    clock.advance(1.49)
+    assert state_of(state, node_id) == "starting"
+    clock.advance(0.01)
+    assert state_of(state, node_id) == "waitingforstarttask"
+    assert node.changed_at(clock.monotonic()) == started + 1.5
+    clock.advance(1.49)
+    assert state_of(state, node_id) == "waitingforstarttask"
+    clock.advance(0.01)
+    assert state_of(state, node_id) == "starttaskfailed"
+    assert node.changed_at(clock.monotonic()) == started + 3.0
+    with pytest.raises(ServiceFault) as caught:
+        state.deallocate(POOL, node_id, "requeue")
+    assert caught.value.values == {"NodeState": "starttaskfailed"}
+
+
+def test_start_task_failure_is_a_seeded_share(clock):
+    """start_task_failure fails about that share of started nodes, the same ones for the same seed."""
+
+    def failed(seed: int) -> list[int]:
+        state = make_state(clock, {"deallocated": 1.0}, count=400, seed=seed, start_task_failure=0.25)
+        for node in state.pools[POOL].nodes:
+            state.start(POOL, node.id)
+        clock.advance(3.0)
+        return [n.index for n in state.pools[POOL].nodes if state_of(state, n.id) == "starttaskfailed"]
+
+    first = failed(5)
+    assert 0.15 < len(first) / 400 < 0.35
+    assert failed(5) == first
+    assert failed(6) != first
+
+
 def test_deallocate_then_start_round_trip(clock):
     """A deallocated node can be started again, and then deallocated again."""
     state = make_state(clock)
