@@ -3,6 +3,7 @@
 The public API is what ``__all__`` lists; every module behind it is private.
 """
 
+from ._actions import DEALLOCATE_STATES
 from ._auth import AccessToken, AccessTokenLike, AsyncTokenCredentialLike, SharedKeyCredential
 from ._client import BatchDeallocClient
 from ._errors import (
@@ -17,6 +18,7 @@ from ._errors import (
     ServerError,
     ThrottledError,
 )
+from ._http import Exchange, ExchangeError, Reply
 from ._identity import CertificateCredential, ClientSecretCredential, ManagedIdentityCredential
 from ._limiter import AdaptiveLimiter
 from ._models import (
@@ -68,11 +70,15 @@ __all__ = [
     "ClientStats",
     "ConflictError",
     "CredentialError",
+    "DEALLOCATE_STATES",
     "DeallocateResult",
+    "Exchange",
+    "ExchangeError",
     "ManagedIdentityCredential",
     "NodeOutcome",
     "NotFoundError",
     "OutcomeStatus",
+    "Reply",
     "RetryPolicy",
     "ServerError",
     "SharedKeyCredential",

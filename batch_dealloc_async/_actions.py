@@ -13,7 +13,7 @@ import attrs
 from ._models import BatchNodeState
 from ._outcomes import OutcomeStatus
 
-__all__ = ["DEALLOCATE", "NodeAction"]
+__all__ = ["DEALLOCATE", "DEALLOCATE_STATES", "NodeAction"]
 
 
 @attrs.frozen(kw_only=True)
@@ -46,9 +46,12 @@ class NodeAction:
         return tuple(sorted(self.passing | self.done | self.failed))
 
 
+DEALLOCATE_STATES: Final = frozenset({BatchNodeState.IDLE.value, BatchNodeState.RUNNING.value})
+"""The states the service deallocates a node in (any other is a ``409``)."""
+
 DEALLOCATE: Final = NodeAction(
     verb="deallocate",
-    eligible=frozenset({BatchNodeState.IDLE.value, BatchNodeState.RUNNING.value}),
+    eligible=DEALLOCATE_STATES,
     accepted_state=BatchNodeState.DEALLOCATING.value,
     confirming=frozenset({BatchNodeState.DEALLOCATING.value, BatchNodeState.DEALLOCATED.value}),
     passing=frozenset({BatchNodeState.DEALLOCATING.value}),

@@ -21,7 +21,7 @@ from . import _request as rq
 from ._actions import DEALLOCATE, NodeAction
 from ._auth import AsyncTokenCredentialLike, SharedKeyCredential, authorizer_for
 from ._bulk import DEFAULT_WAIT_TIMEOUT, BulkRun, ListedCallback, NodeSource, OutcomeCallback
-from ._http import AiohttpExchange
+from ._http import AiohttpExchange, Exchange
 from ._limiter import AdaptiveLimiter
 from ._models import BatchNode, BatchNodeDeallocateOption, BatchNodeDeallocateOptions, DeallocateResult
 from ._operations import BulkOperations, NodeOperations
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "BatchDeallocClient"]
 
 DEFAULT_MAX_CONCURRENCY: Final = 64
-DEFAULT_STATES: Final = ("idle", "running")
+DEFAULT_STATES: Final = tuple(sorted(DEALLOCATE.eligible))
 
 Option = BatchNodeDeallocateOption | BatchNodeDeallocateOptions | str | None
 
@@ -75,13 +75,15 @@ class BatchDeallocClient:
         sleep: Awaitable sleep, for backoff, pacing and polling (for tests and simulations).
         wall_clock: Epoch seconds, for ``ocp-date`` and token expiry (for tests and simulations).
         rng: Source of backoff jitter (seed it to replay a run).
+        exchange: What sends each HTTP request, instead of the aiohttp session (for tests and simulations;
+            see :class:`Exchange`). ``session`` and ``ssl`` are then unused.
 
     Raises:
         ValueError: a bad endpoint, api-version or limit.
         TypeError: a credential that is neither a Shared Key nor a token credential.
     """
 
-    __slots__ = ("_clock", "_endpoint", "_exchange", "_operations", "_sleep", "_state", "_transport", "stats")
+    __slots__ = ("_aiohttp", "_clock", "_endpoint", "_operations", "_sleep", "_state", "_transport", "stats")
 
     def __init__(
         self,
@@ -99,6 +101,7 @@ class BatchDeallocClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
         self._endpoint = rq.validate_endpoint(endpoint)
         api_version = rq.validate_api_version(api_version)
@@ -107,11 +110,11 @@ class BatchDeallocClient:
             raise TypeError("retry must be a RetryPolicy")
         authorizer = authorizer_for(credential, wall_clock=wall_clock)
         limiter = AdaptiveLimiter(max_concurrency, adaptive=adaptive, clock=clock, sleep=sleep)
-        self._exchange = AiohttpExchange(session, limit=max_concurrency, ssl=ssl, netloc=self._endpoint.netloc)
+        self._aiohttp = AiohttpExchange(session, limit=max_concurrency, ssl=ssl, netloc=self._endpoint.netloc)
         library = f"batch-dealloc-async/{version()} aiohttp/{aiohttp.__version__}"
         self.stats = ClientStats()
         self._transport = Transport(
-            exchange=self._exchange,
+            exchange=exchange if exchange is not None else self._aiohttp,
             authorizer=authorizer,
             limiter=limiter,
             policy=policy,
@@ -148,7 +151,7 @@ class BatchDeallocClient:
     @property
     def session(self) -> aiohttp.ClientSession | None:
         """The aiohttp session in use (``None`` until an owned one is opened)."""
-        return self._exchange.session
+        return self._aiohttp.session
 
     # ------------------------------------------------------------------------------------------- lifecycle
 

@@ -6,8 +6,13 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from .._auth import AsyncTokenCredentialLike, SharedKeyCredential
-from .._identity import CertificateCredential, ClientSecretCredential, ManagedIdentityCredential
+from .. import (
+    AsyncTokenCredentialLike,
+    CertificateCredential,
+    ClientSecretCredential,
+    ManagedIdentityCredential,
+    SharedKeyCredential,
+)
 
 if TYPE_CHECKING:
     import argparse

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from .. import BatchDeallocClient, BulkReport, NodeOutcome
 from ..emulator import BatchEmulator, EmulatorConfig, FaultConfig, config_from, serve
+from ._exit import EXIT_INTERRUPTED, exit_code
+from ._output import make_progress, print_report, showing, write_jsonl
 
 if TYPE_CHECKING:
     import argparse
@@ -45,9 +47,6 @@ def demo_config(nodes: int, pools: int, seed: int) -> EmulatorConfig:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Start the emulator in process and deallocate every eligible node of every pool, waiting for them."""
-    from . import EXIT_INTERRUPTED, exit_code  # noqa: PLC0415 (the package imports this module lazily)
-    from ._output import make_progress, print_report, showing, write_jsonl  # noqa: PLC0415
-
     config = demo_config(args.nodes, args.pools, args.seed)
     outcomes: list[NodeOutcome] = []
 

@@ -14,14 +14,14 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from .._outcomes import BulkReport, NodeOutcome, OutcomeStatus
+from .. import BulkReport, NodeOutcome, OutcomeStatus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from .._outcomes import ClientStats
+    from .. import ClientStats
 
-__all__ = ["Progress", "make_progress", "print_report", "showing", "write_jsonl"]
+__all__ = ["Progress", "make_progress", "print_dry_run", "print_report", "showing", "write_jsonl"]
 
 _PLAIN_EVERY = 3.0  # seconds between plain progress lines
 _TICK = 0.25  # seconds between refreshes of the counters the display reads from the client's stats
@@ -298,3 +298,34 @@ def _rich_summary(
         console.print(line, markup=False)
     if len(problems) > 20:  # noqa: PLR2004 (a screenful)
         console.print(f"  ... and {len(problems) - 20} more (use --output json for all)", markup=False)
+
+
+def print_dry_run(planned: list[dict[str, Any]], *, verb: str, output: str, stream: TextIO | None = None) -> None:
+    """What a dry run found: each node with ``would_<verb>`` or ``would_skip`` and its state; nothing was sent.
+
+    Args:
+        planned: One dict per node: ``pool_id``, ``node_id``, ``status`` and ``state``.
+        verb: The action (``deallocate``).
+        output: ``table``, ``json`` or ``jsonl``.
+        stream: Where to write (stdout).
+    """
+    out = stream or sys.stdout
+    act = f"would_{verb}"
+    past = f"{verb}d" if verb.endswith("e") else f"{verb}ed"
+    acted = [p for p in planned if p["status"] == act]
+    if output == "jsonl":
+        for line in planned:
+            out.write(json.dumps({**line, "dry_run": True}) + "\n")
+        out.flush()
+        return
+    if output == "json":
+        document = {"dry_run": True, act: acted, "would_skip": [p for p in planned if p["status"] != act]}
+        out.write(json.dumps(document, indent=2) + "\n")
+        return
+    for line in planned:
+        word = f"would {verb}" if line["status"] == act else "would skip"
+        print(f"{word:<16} {line['pool_id']}/{line['node_id']} ({line['state']})", file=out)
+    print(
+        f"dry run: {len(acted)} would be {past}, {len(planned) - len(acted)} skipped; nothing was changed",
+        file=out,
+    )

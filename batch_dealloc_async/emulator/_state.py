@@ -13,6 +13,7 @@ import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from .._actions import DEALLOCATE_STATES
 from .._models import BatchNodeState
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ __all__ = [
 #: it lives here only.
 INVALID_STATE_CODE: Final = "OperationInvalidForCurrentState"
 ALL_STATES: Final = frozenset(s.value for s in BatchNodeState)
-DEALLOCATABLE: Final = frozenset({"idle", "running"})
+DEALLOCATABLE: Final = DEALLOCATE_STATES
 _EPOCH: Final = datetime(2025, 11, 22, 19, 32, 2, tzinfo=UTC)
 
 

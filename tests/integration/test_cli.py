@@ -253,3 +253,28 @@ async def test_readme_demo_command() -> None:
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, stderr.decode()
     assert "deallocated" in stdout.decode()
+
+
+async def test_debug_prints_the_traceback_of_a_usage_error() -> None:
+    """--debug shows the traceback of the error it reports (not 'NoneType: None')."""
+    env = env_for(None, BATCH_ACCOUNT_NAME="a", BATCH_ACCOUNT_KEY="AAAA")
+    args = ("--debug", "deallocate", "--endpoint", "http://example.com", "--pool", "p", "--all")
+    code, _, err = await run_cli(*args, env=env)
+    assert code == 2
+    assert "plain http is allowed only for a loopback host" in err
+    assert "Traceback (most recent call last)" in err
+    assert "NoneType: None" not in err
+
+
+async def test_dry_run_jsonl_has_its_own_status(emu) -> None:
+    """A dry run's JSON lines say would_deallocate or would_skip, never a real run's not_attempted."""
+    args = ("deallocate", "--endpoint", emu.endpoint, "--pool", "pool-b", "--all", "--dry-run", "--output", "jsonl")
+    code, out, _ = await run_cli(*args, env=env_for(emu))
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 40
+    assert {line["status"] for line in lines} <= {"would_deallocate", "would_skip"}
+    assert all(line["dry_run"] is True for line in lines)
+    eligible = set(emu.node_ids("pool-b", {"idle", "running"}))
+    assert {line["node_id"] for line in lines if line["status"] == "would_deallocate"} == eligible
+    assert emu.stats.count("deallocate") == 0
