@@ -16,11 +16,11 @@ from ._errors import (
     CredentialError,
     NotFoundError,
     ServerError,
+    ServiceDownError,
     ThrottledError,
 )
 from ._http import Exchange, ExchangeError, Reply
 from ._identity import CertificateCredential, ClientSecretCredential, ManagedIdentityCredential
-from ._limiter import AdaptiveLimiter
 from ._models import (
     BatchError,
     BatchErrorDetail,
@@ -34,6 +34,7 @@ from ._models import (
 )
 from ._outcomes import BulkReport, ClientStats, NodeOutcome, OutcomeStatus
 from ._retry import RetryPolicy
+from ._traffic import AdaptiveLimiter
 
 
 def __getattr__(name: str) -> str:
@@ -81,6 +82,7 @@ __all__ = [
     "Reply",
     "RetryPolicy",
     "ServerError",
+    "ServiceDownError",
     "SharedKeyCredential",
     "ThrottledError",
 ]

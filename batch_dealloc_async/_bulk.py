@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeAlias
 
 import attrs
 
-from ._errors import AuthenticationError, BatchDeallocError, BatchTimeoutError, ConflictError, CredentialError
+from ._errors import (
+    AuthenticationError,
+    BatchDeallocError,
+    BatchTimeoutError,
+    ConflictError,
+    CredentialError,
+    ServiceDownError,
+)
 from ._outcomes import BulkReport, ClientStats, NodeOutcome, OutcomeStatus
 from ._request import state_filter, validate_node_id
 
@@ -53,6 +60,9 @@ _POLL_GROWTH: Final = 1.5
 _POLL_CAP: Final = 15.0
 DEFAULT_WAIT_TIMEOUT: Final = 3600.0
 _WORKERS_PER_SLOT: Final = 4
+# The same credential would be refused again; a service that fails everything is down: the rest of the run
+# would only wait and fail too, so they end not_attempted at once.
+_STOPS_THE_RUN: Final = (AuthenticationError, CredentialError, ServiceDownError)
 _DRAIN_GRACE: Final = 5.0  # seconds after the deadline for reading the rest of an async input
 
 
@@ -182,6 +192,7 @@ class BulkRun:
             awaitable. Its synchronous part runs before any await, so a cancellation never loses an outcome.
         clock: Monotonic seconds (the client's).
         sleep: Awaitable sleep (the client's).
+        client_stats: The client's counters: the report counts the outages and probes of the run from them.
     """
 
     def __init__(
@@ -196,8 +207,12 @@ class BulkRun:
         on_outcome: OutcomeCallback | None,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
+        client_stats: ClientStats | None = None,
     ) -> None:
         self._backend = backend
+        self._client_stats = client_stats
+        self._outages_before = client_stats.outages if client_stats is not None else 0
+        self._probes_before = client_stats.probes if client_stats is not None else 0
         self._action = action
         self._slots = slots
         self._wait = wait
@@ -287,6 +302,8 @@ class BulkRun:
             pool_errors=dict(self.pool_errors),
             poll_rounds=self.poll_rounds,
             poll_requests=self.poll_requests,
+            outages=self._client_stats.outages - self._outages_before if self._client_stats is not None else 0,
+            probes=self._client_stats.probes - self._probes_before if self._client_stats is not None else 0,
         )
 
     async def _deliver(self, outcome: NodeOutcome) -> None:
@@ -377,7 +394,7 @@ class BulkRun:
             if node_id is _END:
                 return
             if self._stopped is not None:
-                outcome = self._not_attempted(pool_id, node_id)
+                outcome = self._not_attempted(pool_id, node_id, self._stopped)
             else:
                 me.node_id = node_id
                 outcome = await self._one(pool_id, node_id)
@@ -439,21 +456,25 @@ class BulkRun:
         )
 
     def _failed(self, pool_id: str, node_id: str, exc: BatchDeallocError, *, state: str | None = None) -> NodeOutcome:
-        if isinstance(exc, AuthenticationError | CredentialError) and self._stopped is None:
+        if isinstance(exc, _STOPS_THE_RUN) and self._stopped is None:
             _log.warning("bulk run stopped: %s", exc)
             self._stopped = exc
+        attempts = getattr(exc, "attempts", 0)
+        if isinstance(exc, ServiceDownError) and attempts == 0:
+            # Held back by the breaker and never sent: not attempted, and the error says why.
+            return NodeOutcome(pool_id=pool_id, node_id=node_id, status=OutcomeStatus.NOT_ATTEMPTED, error=exc)
         return NodeOutcome(
             pool_id=pool_id,
             node_id=node_id,
             status=OutcomeStatus.FAILED,
             error=exc,
-            attempts=getattr(exc, "attempts", 0),
+            attempts=attempts,
             state=state,
         )
 
     @staticmethod
-    def _not_attempted(pool_id: str, node_id: str) -> NodeOutcome:
-        return NodeOutcome(pool_id=pool_id, node_id=str(node_id), status=OutcomeStatus.NOT_ATTEMPTED)
+    def _not_attempted(pool_id: str, node_id: str, why: BaseException | None = None) -> NodeOutcome:
+        return NodeOutcome(pool_id=pool_id, node_id=str(node_id), status=OutcomeStatus.NOT_ATTEMPTED, error=why)
 
     async def _peek_state(self, pool_id: str, node_id: str) -> str | None:
         """The node's state after a 409, or ``None`` when it cannot be read."""

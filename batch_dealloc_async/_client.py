@@ -22,11 +22,11 @@ from ._actions import DEALLOCATE, NodeAction
 from ._auth import AsyncTokenCredentialLike, SharedKeyCredential, authorizer_for
 from ._bulk import DEFAULT_WAIT_TIMEOUT, BulkRun, ListedCallback, NodeSource, OutcomeCallback
 from ._http import AiohttpExchange, Exchange
-from ._limiter import AdaptiveLimiter
 from ._models import BatchNode, BatchNodeDeallocateOption, BatchNodeDeallocateOptions, DeallocateResult
 from ._operations import BulkOperations, NodeOperations
 from ._outcomes import BulkReport, ClientStats, NodeOutcome
 from ._retry import RetryPolicy
+from ._traffic import AdaptiveLimiter
 from ._transport import Transport
 from ._version import version
 
@@ -64,8 +64,10 @@ class BatchDeallocClient:
         retry: The retry policy of every call.
         max_concurrency: The most requests in flight at once, shared by everything this client sends. The
             owned connector is sized to it.
-        adaptive: Shrink the window and pace the sending rate when the service throttles (default), or keep
-            a fixed limit of ``max_concurrency``.
+        adaptive: Find the service's rate and pace just under it, telling congestion from noise (default; see
+            the README's "Traffic control"), or keep a fixed, unpaced limit of ``max_concurrency``.
+        max_rate: A ceiling in requests per second for everything this client sends, so a bulk run leaves room
+            in an account whose quota also serves other work (``None``: no ceiling).
         session: An aiohttp session to use instead of an owned one; the client never closes it.
         api_version: The service api-version.
         ssl: A CA bundle path or an ``ssl.SSLContext`` for an owned session; certificates are always
@@ -93,6 +95,7 @@ class BatchDeallocClient:
         retry: RetryPolicy | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         adaptive: bool = True,
+        max_rate: float | None = None,
         session: aiohttp.ClientSession | None = None,
         api_version: str = rq.DEFAULT_API_VERSION,
         ssl: ssl_module.SSLContext | str | os.PathLike[str] | None = None,
@@ -109,10 +112,13 @@ class BatchDeallocClient:
         if not isinstance(policy, RetryPolicy):
             raise TypeError("retry must be a RetryPolicy")
         authorizer = authorizer_for(credential, wall_clock=wall_clock)
-        limiter = AdaptiveLimiter(max_concurrency, adaptive=adaptive, clock=clock, sleep=sleep)
+        rng = rng if rng is not None else random.Random()  # noqa: S311 (jitter, not cryptography)
+        self.stats = ClientStats()
+        limiter = AdaptiveLimiter(
+            max_concurrency, adaptive=adaptive, max_rate=max_rate, clock=clock, sleep=sleep, rng=rng, stats=self.stats
+        )
         self._aiohttp = AiohttpExchange(session, limit=max_concurrency, ssl=ssl, netloc=self._endpoint.netloc)
         library = f"batch-dealloc-async/{version()} aiohttp/{aiohttp.__version__}"
-        self.stats = ClientStats()
         self._transport = Transport(
             exchange=exchange if exchange is not None else self._aiohttp,
             authorizer=authorizer,
@@ -123,7 +129,7 @@ class BatchDeallocClient:
             clock=clock,
             sleep=sleep,
             wall_clock=wall_clock,
-            rng=rng if rng is not None else random.Random(),  # noqa: S311 (jitter, not cryptography)
+            rng=rng,
         )
         self._operations = NodeOperations(self._transport, rq.RequestFactory(self._endpoint, api_version))
         self._clock = clock
@@ -334,6 +340,7 @@ class BatchDeallocClient:
             on_outcome=on_outcome,
             clock=self._clock,
             sleep=self._sleep,
+            client_stats=self.stats,
         )
 
     async def deallocate_nodes(

@@ -11,8 +11,9 @@ from :class:`BatchDeallocError`::
     │   ├── ConflictError          409: the node is not in a state that allows the operation
     │   ├── ThrottledError         429, and 503 carrying Retry-After or ServerBusy: slow down
     │   └── ServerError            500, 502, 504, other 5xx: the service failed
-    └── BatchTransportError        no usable answer after retries: connection refused or reset, bad body
-        └── BatchTimeoutError      the client-side timeout or the call's deadline ran out (also a TimeoutError)
+    ├── BatchTransportError        no usable answer after retries: connection refused or reset, bad body
+    │   └── BatchTimeoutError      the client-side timeout or the call's deadline ran out (also a TimeoutError)
+    └── ServiceDownError           the service failed every request for a while: the client stopped sending
 
 No message, repr or attribute of these classes holds a key, a secret or a token.
 """
@@ -36,6 +37,7 @@ __all__ = [
     "CredentialError",
     "NotFoundError",
     "ServerError",
+    "ServiceDownError",
     "ThrottledError",
     "service_error_class",
 ]
@@ -139,6 +141,41 @@ class BatchTransportError(BatchDeallocError):
 
 class BatchTimeoutError(BatchTransportError, TimeoutError):
     """An attempt ran past its client-side timeout, or the call ran past its deadline."""
+
+
+class ServiceDownError(BatchDeallocError):
+    """The service failed every request (5xx, refused connections, timeouts) for a while; calls stopped waiting.
+
+    The client's circuit breaker held requests and sent single probes meanwhile; this is raised to the calls that
+    were waiting, and at once to new ones, until a probe finds the service answering again.
+
+    Attributes:
+        last_error: The service's last error (what to quote in a support case).
+        client_request_id: The ``client-request-id`` of the call that gave up ("" before any attempt).
+        attempts: Requests the call had sent (0: none; a bulk run reports the node ``not_attempted``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        last_error: BaseException | None,
+        client_request_id: str = "",
+        attempts: int = 0,
+    ) -> None:
+        self.last_error = last_error
+        self.client_request_id = client_request_id
+        self.attempts = attempts
+        super().__init__(message)
+
+    @property
+    def code(self) -> str | None:
+        """The last error's service code (``InternalError``...), when it had one."""
+        return getattr(self.last_error, "code", None)
+
+    def __str__(self) -> str:
+        last = f"; last error: {self.last_error}" if self.last_error is not None else ""
+        return f"{self.args[0]}{last}"
 
 
 _BY_STATUS: Final[Mapping[int, type[BatchServiceError]]] = {

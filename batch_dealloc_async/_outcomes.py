@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._errors import BatchDeallocError, BatchServiceError, BatchTimeoutError
+from ._errors import BatchDeallocError, BatchServiceError, BatchTimeoutError, ServiceDownError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -27,20 +27,27 @@ class ClientStats:
         throttled: Responses that were throttling (429, 503 ServerBusy).
         accepted: Deallocations the service accepted (202, or a node confirmed deallocating after an
             ambiguous attempt); with ``wait`` these are the nodes still to be seen ``deallocated``.
+        outages: Times the service failed every request and the circuit breaker began holding requests.
+        probes: Requests sent alone, as probes, while the breaker held the others.
+        traffic: What traffic control is doing now: ``startup``, ``cruise``, ``probe``, ``failing`` (the
+            service fails everything: requests are held and single probes sent), or ``fixed``.
     """
 
-    __slots__ = ("accepted", "requests", "retries", "throttled")
+    __slots__ = ("accepted", "outages", "probes", "requests", "retries", "throttled", "traffic")
 
     def __init__(self) -> None:
         self.requests = 0
         self.retries = 0
         self.throttled = 0
         self.accepted = 0
+        self.outages = 0
+        self.probes = 0
+        self.traffic = "startup"
 
     def __repr__(self) -> str:
         return (
             f"ClientStats(requests={self.requests}, retries={self.retries}, throttled={self.throttled}, "
-            f"accepted={self.accepted})"
+            f"accepted={self.accepted}, outages={self.outages}, probes={self.probes}, traffic={self.traffic!r})"
         )
 
 
@@ -72,6 +79,8 @@ def _error_code(error: BaseException | None) -> str | None:
         return error.code or f"HTTP{error.status}"
     if isinstance(error, BatchTimeoutError):
         return "ClientTimeout"
+    if isinstance(error, ServiceDownError):
+        return error.code or "ServiceDown"  # the service's own last error, what the run ended on
     if isinstance(error, BatchDeallocError):
         return type(error).__name__
     return type(error).__name__
@@ -141,12 +150,16 @@ class BulkReport:
         pool_errors: Pools that could not be listed (pool mode), with the error; their nodes are unknown.
         poll_rounds: With ``wait``: rounds of listing (per pool) while waiting for ``deallocated``.
         poll_requests: The requests those rounds took (included in ``requests``).
+        outages: Times during the run the service failed every request and the client held its requests.
+        probes: Requests sent alone to see whether the service was back.
     """
 
     outcomes: list[NodeOutcome] = attrs.field(factory=list)
     pool_errors: dict[str, BatchDeallocError] = attrs.field(factory=dict)
     poll_rounds: int = 0
     poll_requests: int = 0
+    outages: int = 0
+    probes: int = 0
     requests: int = 0
     retries: int = 0
     throttled: int = 0
@@ -191,6 +204,8 @@ class BulkReport:
             "pool_errors": {pool: str(error) for pool, error in self.pool_errors.items()},
             "poll_rounds": self.poll_rounds,
             "poll_requests": self.poll_requests,
+            "outages": self.outages,
+            "probes": self.probes,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -209,4 +224,6 @@ class BulkReport:
             merged.pool_errors.update(report.pool_errors)
             merged.poll_rounds += report.poll_rounds
             merged.poll_requests += report.poll_requests
+            merged.outages += report.outages
+            merged.probes += report.probes
         return merged

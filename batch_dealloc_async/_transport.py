@@ -21,11 +21,13 @@ from ._errors import (
     BatchTimeoutError,
     BatchTransportError,
     ServerError,
+    ServiceDownError,
     ThrottledError,
     service_error_class,
 )
 from ._http import ExchangeError
 from ._retry import call_with_retries, parse_retry_after
+from ._traffic import Feedback
 
 if TYPE_CHECKING:
     import random
@@ -33,9 +35,9 @@ if TYPE_CHECKING:
 
     from ._auth import Authorizer
     from ._http import Exchange, Reply
-    from ._limiter import AdaptiveLimiter
     from ._outcomes import ClientStats
     from ._retry import RetryPolicy
+    from ._traffic import AdaptiveLimiter
 
 __all__ = ["Call", "Transport"]
 
@@ -59,6 +61,7 @@ class Call:
         "client_request_id",
         "credential",
         "echo",
+        "failed",
         "ocp_date",
         "refreshed",
         "run",
@@ -82,6 +85,7 @@ class Call:
         self.attempts = 0
         self.ambiguous = False  # an attempt may have taken effect without us seeing the answer
         self.refreshed = False  # a refusal already made the authorizer resend once
+        self.failed = False  # the last attempt failed (5xx, no answer): the next one is a retry on the budget
         self.credential: str | None = None  # what the last attempt was authorized with (a token to drop if refused)
 
     def failed_exchange(self, exc: ExchangeError) -> BatchTransportError:
@@ -181,7 +185,8 @@ class Transport:
         await self._exchange.open()
 
     async def close(self) -> None:
-        """Close the exchange."""
+        """Close the exchange, and stop the limiter's timer."""
+        await self.limiter.close()
         await self._exchange.close()
 
     # -------------------------------------------------------------------------------------------- the loop
@@ -204,7 +209,7 @@ class Transport:
             lambda remaining: self._attempt(request, call, expected, per_attempt, remaining),
             policy=policy,
             clock=self._clock,
-            sleep=self._sleep,
+            sleep=self.limiter.backoff,  # the injected sleep, cut short when the service comes back from an outage
             rng=self._rng,
             on_retry=lambda number, exc, delay: _log.debug(
                 "%s: attempt %d failed (%s); retrying in %.3f s (client-request-id %s)",
@@ -238,7 +243,7 @@ class Transport:
         limiter = self.limiter
         sent_at = limiter.try_acquire()
         if sent_at is None:
-            sent_at = await limiter.acquire()
+            sent_at = await self._acquire(call)
         try:
             call.attempts += 1
             self._count(call)
@@ -259,15 +264,24 @@ class Transport:
             self.stats.throttled += 1
             if call.run is not None:
                 call.run.throttled += 1
-            limiter.on_throttled(sent_at)
+            call.failed = False
+            limiter.feedback(sent_at, Feedback.THROTTLED)
+            raise
+        except ServerError as exc:
+            call.failed = True
+            limiter.feedback(sent_at, Feedback.FAILED, exc)
             raise
         except BatchDeallocError:
+            limiter.feedback(sent_at, Feedback.OTHER)
             raise
         except ExchangeError as exc:
-            raise call.failed_exchange(exc) from exc
+            error = call.failed_exchange(exc)
+            call.failed = True
+            limiter.feedback(sent_at, Feedback.FAILED, error)
+            raise error from exc
         finally:
             limiter.release()
-        limiter.on_success()
+        limiter.feedback(sent_at, Feedback.OK)
         if call.echo:
             call.check_echo(reply.headers.get("client-request-id"))
         _log.debug(
@@ -279,6 +293,23 @@ class Transport:
             call.client_request_id,
         )
         return reply
+
+    async def _acquire(self, call: Call) -> float:
+        """The limiter's slow path: a retry after a failure spends retry budget; an outage may end the wait.
+
+        Raises:
+            ServiceDownError: the service has failed everything for a while (named for this call).
+        """
+        try:
+            return await self.limiter.acquire(retry=call.failed)
+        except ServiceDownError as exc:
+            message = f"{call.what}: {exc.args[0]}; not sent" if call.attempts == 0 else f"{call.what}: {exc.args[0]}"
+            raise ServiceDownError(
+                message,
+                last_error=exc.last_error,
+                client_request_id=call.client_request_id,
+                attempts=call.attempts,
+            ) from None
 
     def _count(self, call: Call) -> None:
         retry = call.attempts > 1

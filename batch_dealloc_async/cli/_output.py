@@ -91,8 +91,12 @@ class _Counts:
             )
         return (
             f"{head}, {rate:.0f}/s, throttled {self.stats.throttled}, retried {self.stats.retries}, "
-            f"elapsed {elapsed:.1f} s{eta}"
+            f"elapsed {elapsed:.1f} s{eta}{self.condition()}"
         )
+
+    def condition(self) -> str:
+        """``, service failing, probing`` while the circuit breaker holds requests."""
+        return ", service failing, probing" if self.stats.traffic == "failing" else ""
 
 
 class PlainProgress(_Counts):
@@ -143,6 +147,8 @@ class RichProgress(_Counts):
         self._bar.start()
 
     def _info(self) -> str:
+        if self.stats.traffic == "failing":
+            return "service failing, probing"
         elapsed = max(time.monotonic() - self.started, 1e-9)
         return f"{self.answered / elapsed:>5.0f}/s throttled {self.stats.throttled} retried {self.stats.retries}"
 
@@ -226,6 +232,8 @@ def _summary_rows(report: BulkReport) -> list[tuple[str, str]]:
     rows.append(("requests", str(report.requests)))
     rows.append(("retries", str(report.retries)))
     rows.append(("throttled", str(report.throttled)))
+    if report.outages:
+        rows.append(("outages", f"{report.outages} ({report.probes} probes)"))
     rows.append(("elapsed", f"{report.elapsed:.1f} s"))
     rate = report.requests / report.elapsed if report.elapsed > 0 else 0.0
     rows.append(("requests/s", f"{rate:.0f}"))

@@ -1,0 +1,363 @@
+"""The rate controller: it finds the service's rate, holds just under it, and probes for more.
+
+The sending rate is the control; the rate successes arrive at while the service throttles is the measurement
+(:class:`Episode`: the bucket is dry then, so successes come exactly at its refill rate, whatever burst it had).
+Modes:
+
+* ``startup``: the rate doubles every round trip (never faster than every ``_GROWTH_TIME``) until the service
+  throttles more than noise explains; then it is cut hard and measured.
+* ``cruise``: paced at ``CRUISE_GAIN`` x the measured rate, for a second or so (drawn, so that clients sharing
+  an account do not probe in step), and for at least a hundred requests.
+* ``probe``: a staircase: each step a round trip long (a fifth of a second at least), the first 5% above the
+  measured rate, each further step twice the one before (5%, 10%, 20%, 40%...). At an unchanged limit the
+  second step meets throttling and the overshoot is a few percent for a round trip; a limit that went up four
+  times is found in five or six steps.
+
+Whatever the mode, a phase whose throttled answers exceed the noise floor by more than chance explains, and by
+a clear share, is congestion: the rate is cut to ``CRUISE_GAIN`` x the measured rate (or hard, by a quarter,
+when the throttling is heavy and nothing is measured yet). Only the phase being sent now can cut: the answers
+to requests sent before a cut say nothing about the new rate. Throttling that does not rise with the rate (a
+``503 ServerBusy`` at random) is learned while cruising as the noise floor and then ignored: the rate never
+collapses to 1/(p x recovery), as it did when every throttle cut it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import random
+
+    from ._meter import Meter, Phase
+
+__all__ = ["CRUISE_GAIN", "Episode", "RateControl"]
+
+_log = logging.getLogger("batch_dealloc_async.traffic")
+
+CRUISE_GAIN: Final = 0.98
+_FIRST_STEP: Final = 0.05  # the probe's first step above the measured rate; each further step doubles it
+_MIN_STEP_TIME: Final = 0.2  # seconds a probe step lasts, at least (else a round trip and a tenth of a second)
+_HOLD: Final = (0.75, 1.25)  # seconds of cruise between probes, drawn
+_HOLD_REQUESTS: Final = 100  # and at least the time to send this many...
+_MAX_HOLD: Final = 2.0  # ...up to this many seconds
+_HARD_CUT: Final = 0.5  # heavy throttling with nothing measured yet cuts the rate to this share
+_NOISE_EWMA: Final = 0.3
+_LEARN_ANSWERS: Final = 20  # answers in a cruise phase before its throttled share teaches the noise floor
+_TRUSTED_ANSWERS: Final = 12  # successes between two throttled answers before their rate is trusted for a cut
+_MIN_EPISODE: Final = 0.05  # seconds of them, at least
+_QUIET: Final = 0.2  # seconds without throttling that end an episode (or two round trips, if longer)
+# Throttled share above the noise floor that is congestion while cruising: a limit that dropped. Less is left to
+# the end of the cruise, where a nudge down tells a rate measured high from noise.
+_EXCESS_SHARE: Final = 0.06
+_STARTUP_SHARE: Final = 0.15  # and in a round trip of startup
+_MIN_JUDGED: Final = 16  # answers a cruise or startup phase needs before its share is judged
+_HEAVY: Final = 0.5  # a phase throttled this much is cut hard at once, measured or not...
+_HEAVY_ANSWERS: Final = 8  # ...once it has this many answers
+_SETTLE: Final = 0.005  # seconds (plus a quarter round trip) after a cut before the new phase counts
+_START_WINDOW: Final = 16
+_GROWTH: Final = 2.0  # startup multiplies the rate by this per round trip...
+_GROWTH_TIME: Final = 0.1  # ...but never faster than once per this many seconds
+_RUNAWAY: Final = 4.0  # a growing rate never runs ahead of four times what the client actually sends
+
+
+class Episode:
+    """Throttling that goes on: the service's rate is the rate successes arrive at while it lasts.
+
+    While the service throttles, its bucket is dry, and every success it grants spends a token it has just
+    refilled: successes *answered* between two throttled answers arrive at exactly its rate, whatever burst it
+    had before and however the client sends (as long as it sends faster). Answer times, not send times: the
+    service grants tokens in arrival order.
+    """
+
+    __slots__ = ("_first", "_last", "_ok", "_ok_at_last", "_start")
+
+    def __init__(self) -> None:
+        self._first: float | None = None
+        self._start = 0.0
+        self._last = 0.0
+        self._ok = 0
+        self._ok_at_last = 0
+
+    def throttled(self, now: float, *, quiet: float, guard: float) -> None:
+        """A throttled answer arrived; after ``quiet`` seconds without one, a new episode begins.
+
+        Counting starts ``guard`` seconds after the first throttled answer: successes granted just before the
+        bucket ran dry can still be arriving for as long as answers' travel times vary.
+        """
+        if self._first is None or now - self._last > quiet:
+            self._first = now
+            self._start = now + guard
+            self._ok = 0
+        self._last = now
+        self._ok_at_last = self._ok
+
+    def ok(self, now: float) -> None:
+        """A success arrived."""
+        if self._first is not None and now >= self._start:
+            self._ok += 1
+
+    def rate(self) -> float | None:
+        """The service's rate, once enough successes came between throttled answers far enough apart."""
+        if self._first is None:
+            return None
+        span = self._last - self._start
+        if span < _MIN_EPISODE or self._ok_at_last < _TRUSTED_ANSWERS:
+            return None
+        return self._ok_at_last / span
+
+
+class RateControl:
+    """Decides the pacing rate and the window from the meter.
+
+    Args:
+        meter: The rate meter (phases are begun here).
+        ceiling: The client's ``max_concurrency``.
+        max_rate: A ceiling on the rate (requests/s), or ``None``.
+        min_rate: The rate is never cut below this.
+        rng: Draws the cruise hold times.
+        now: The clock now.
+    """
+
+    __slots__ = (
+        "_accepted",
+        "_cut_at",
+        "_episode",
+        "_first_step",
+        "_guessing",
+        "_hold_until",
+        "_last_growth",
+        "_meter",
+        "_min_rate",
+        "_nudged",
+        "_rng",
+        "_step",
+        "_step_since",
+        "btl",
+        "ceiling",
+        "cuts",
+        "max_rate",
+        "mode",
+        "noise",
+        "rate",
+        "window",
+    )
+
+    def __init__(
+        self,
+        meter: Meter,
+        *,
+        ceiling: int,
+        max_rate: float | None,
+        min_rate: float,
+        rng: random.Random,
+        now: float,
+    ) -> None:
+        self._meter = meter
+        self.ceiling = ceiling
+        self.max_rate = max_rate
+        self._min_rate = min_rate
+        self._rng = rng
+        self.mode = "startup"
+        self.rate: float | None = max_rate  # unpaced until the first answer tells the round trip (or the ceiling)
+        self.window = float(min(_START_WINDOW, ceiling))
+        self.noise = 0.0
+        self.cuts = 0
+        self.btl = 0.0  # the service's rate, as last measured
+        self._episode = Episode()
+        self._hold_until = now
+        self._last_growth = now
+        self._step = 0
+        self._first_step = 0
+        self._guessing = False
+        self._cut_at = now
+        self._accepted = 0.0
+        self._step_since = now
+        self._nudged: float | None = None  # the throttled share of a cruise that was nudged down
+
+    def __repr__(self) -> str:
+        rate = "unpaced" if self.rate is None else f"{self.rate:.1f}/s"
+        return f"RateControl({self.mode}, rate={rate}, window={int(self.window)}, noise={self.noise:.3f})"
+
+    # ------------------------------------------------------------------------------------------------ signals
+
+    def congested(self, phase: Phase) -> bool:
+        """More throttled answers in ``phase`` than the noise floor and chance explain, by a clear share.
+
+        A few percent above the floor is not acted on at once: random throttling looks like that until the floor
+        has learned it, and overshooting the service's rate by that much soon shows more.
+        """
+        expected = self.noise * phase.answered
+        excess = phase.throttled - expected
+        if excess < 2.0 + 2.0 * math.sqrt(expected):
+            return False
+        # A probe step is judged against a floor just learned. Startup knows no floor yet, and overshooting there
+        # throttles heavily at once: it asks for a large share. Cruising asks for a clear one.
+        if phase.kind == "probe":
+            return True
+        if phase.answered < _MIN_JUDGED:
+            return False
+        share = _STARTUP_SHARE if phase.kind == "startup" else _EXCESS_SHARE
+        return excess >= share * phase.answered
+
+    def on_throttled(self, phase: Phase | None, now: float) -> bool:
+        """A throttled answer (to a request sent in ``phase``) arrived now; True when it made a cut."""
+        rtt = self._meter.rtt
+        self._episode.throttled(now, quiet=max(_QUIET, 2.0 * (rtt.smoothed or 0.0)), guard=2.0 * rtt.variation)
+        if self._guessing and self.mode == "cruise":
+            # After a hard cut the rate is a guess: as soon as the throttling still coming in measures the service's
+            # rate, go to it (the new phase would take a round trip to show what the old one already says).
+            measured = self._episode.rate()
+            if measured is not None and phase is not None:
+                self._cut(phase, measured, now)
+                return True
+        if phase is None or phase.start < self._cut_at or not self.congested(phase):
+            return False  # sent before the last cut: it says nothing about the rate now
+        measured = self._episode.rate()
+        if measured is not None:
+            self._cut(phase, measured, now)
+            return True
+        if self.mode == "startup" or (phase.answered >= _HEAVY_ANSWERS and phase.share() >= _HEAVY):
+            self._cut_hard(phase, now)
+            return True
+        return False  # a few more answers will measure the service's rate: cut once, to the right rate
+
+    def on_ok(self, now: float) -> None:
+        """A success: grow in startup; move between cruise and the probe's steps on time."""
+        self._episode.ok(now)
+        if self.mode == "startup":
+            self._grow(now)
+        elif self.mode == "cruise":
+            if now >= self._hold_until:
+                self._end_cruise(now)
+        elif now - self._step_since >= max(_MIN_STEP_TIME, (self._meter.rtt.smoothed or 0.0) + 0.1):
+            self._step += 1  # the step went unthrottled for a round trip: the service has room
+            self._accepted = self.rate or self._accepted
+            self._climb(now)
+
+    # -------------------------------------------------------------------------------------------------- moves
+
+    def _grow(self, now: float) -> None:
+        """Startup: twice the rate every round trip (paced once the first answer tells the round trip)."""
+        rtt = self._meter.rtt.smoothed
+        if rtt is None:
+            return
+        if now - self._meter.current.start >= max(rtt, _GROWTH_TIME):
+            # A phase per round trip: the congestion test then weighs what the last round trip met, not the
+            # whole start with all its early successes.
+            self._meter.begin("startup", now)
+        rtt = max(rtt, _GROWTH_TIME)
+        last, self._last_growth = self._last_growth, now
+        if self.rate is None or (self.max_rate is not None and self.rate >= self.max_rate):
+            self._set_rate(self.window / rtt, now)  # the opening window's rate over the round trip seen
+            return
+        self._set_rate(self.rate * _GROWTH ** (min(now - last, rtt) / rtt), now)
+
+    def _cut(self, phase: Phase, measured: float, now: float) -> None:
+        current = self.rate if self.rate is not None else phase.send_rate(now) or measured
+        btl = measured / max(1.0 - self.noise, 0.5)
+        if self.mode == "probe":
+            # A probe that met throttling gains nothing over its last unthrottled step. What it measured may hold
+            # a share it took from other clients of the account while it probed: keeping that would ratchet it
+            # up at their expense, round after round.
+            btl = min(btl, self._accepted / CRUISE_GAIN)
+        target = min(btl * CRUISE_GAIN, current * 0.95)
+        _log.debug("cut in %s (%r): service rate %.1f; rate %.1f -> %.1f", self.mode, phase, measured, current, target)
+        self.cuts += 1
+        self.btl = btl
+        self._cruise(now, target)
+
+    def _cut_hard(self, phase: Phase, now: float) -> None:
+        """Heavy throttling with nothing measured yet: a quarter of the rate (or what the phase delivered).
+
+        Startup's first congestion shows a round trip or two after the rate passed the service's (a burst hid
+        it, and the rate doubled meanwhile): a quarter is about where the throttling began.
+        """
+        current = self.rate if self.rate is not None else phase.send_rate(now) or self._min_rate
+        target = current * _HARD_CUT
+        delivered = phase.delivered(now)
+        if self.mode != "startup" and delivered is not None:
+            target = min(max(target, delivered * CRUISE_GAIN), current * 0.95)
+        _log.debug("cutting hard in %s (%r): rate %.1f -> %.1f, measuring", self.mode, phase, current, target)
+        self.cuts += 1
+        self.btl = target / CRUISE_GAIN
+        self._cruise(now, target, measured=False)
+
+    def _cruise(self, now: float, rate: float, *, measured: bool = True) -> None:
+        self.mode = "cruise"
+        self._cut_at = now
+        self._set_rate(rate, now)
+        # At a measured rate: a second or so, and long enough to send a hundred requests (up to two seconds), as
+        # each probe costs a few throttled answers. At a guess (a hard cut), probe again soon, with bigger steps.
+        hold = self._rng.uniform(*_HOLD)
+        if measured:
+            hold = max(hold, min(_HOLD_REQUESTS / max(rate, self._min_rate), _MAX_HOLD))
+        else:
+            hold /= 2
+        self._first_step = 0 if measured else 2
+        self._guessing = not measured
+        self._hold_until = now + hold
+        settle = _SETTLE + 0.25 * (self._meter.rtt.smoothed or 0.0)
+        self._meter.begin("cruise", now, settle=settle)
+
+    def _probe(self, now: float) -> None:
+        self.mode = "probe"
+        self._accepted = self.rate or self._min_rate
+        self.btl = max(self.btl, (self.rate or self._min_rate) / CRUISE_GAIN)
+        self._step = self._first_step
+        self._climb(now)
+
+    def _climb(self, now: float) -> None:
+        """Step ``_step`` of the staircase: 5%, then 10%, 20%, 40%... more than the step before.
+
+        Each step is a phase of its own, so a step's throttling is not diluted by the quiet steps before it.
+        """
+        factor = 1.0
+        for step in range(self._first_step, self._step + 1):
+            factor *= 1.0 + _FIRST_STEP * 2.0**step
+        self._step_since = now
+        self._meter.begin("probe", now)
+        self._set_rate(self.btl * factor, now)
+
+    def _end_cruise(self, now: float) -> None:
+        """Learn from the cruise, then probe; or, if it was throttled a little, cruise a little slower first.
+
+        A little throttling while cruising is either a rate measured a few percent high, or noise. A nudge down
+        by the excess tells them apart: after an overshoot the throttling stops; noise stays as it was, and
+        becomes the floor.
+        """
+        phase = self._meter.current
+        if phase.kind != "cruise" or phase.answered < _LEARN_ANSWERS:
+            self._probe(now)
+            return
+        share = phase.share()
+        excess = phase.throttled - self.noise * phase.answered
+        significant = excess >= 2.0 + 2.0 * math.sqrt(self.noise * phase.answered)
+        if significant and self._nudged is None:
+            self._nudged = share
+            self.btl *= 1.0 - (share - self.noise)
+            _log.debug("cruise throttled %.1f%% above the floor: %.1f requests/s", 100 * (share - self.noise), self.btl)
+            self._cruise(now, self.btl * CRUISE_GAIN)
+            return
+        if self._nudged is not None and share >= 0.5 * self._nudged:
+            self.noise = share  # the nudge changed nothing: this much throttling is noise
+        elif not significant:
+            self.noise += (share - self.noise) * _NOISE_EWMA
+        self._nudged = None
+        self._probe(now)
+
+    def _set_rate(self, rate: float, now: float) -> None:
+        if self.mode in {"startup", "probe"}:
+            # Growing a rate the client does not use (little work, or held elsewhere) would only run ahead.
+            span = max(self._meter.rtt.smoothed or 0.0, _GROWTH_TIME)
+            sending = self._meter.recent_send_rate(now, span)
+            if sending > 0:
+                rate = min(rate, max(_RUNAWAY * sending, self.rate or 0.0))
+        rate = max(self._min_rate, rate)
+        if self.max_rate is not None:
+            rate = min(rate, self.max_rate)
+        self.rate = rate
+        rtt = self._meter.rtt.smoothed or 0.0
+        # Enough slots for the rate at the round trip seen, twice over (latency moves), and never fewer than 8.
+        self.window = float(min(self.ceiling, max(8, math.ceil(2.0 * rate * rtt) + 8)))
