@@ -93,6 +93,10 @@ class Episode:
         self._last = now
         self._ok_at_last = self._ok
 
+    def reset(self) -> None:
+        """Forget the episode (after a cut: what follows measures the service from here)."""
+        self._first = None
+
     def ok(self, now: float) -> None:
         """A success arrived."""
         if self._first is not None and now >= self._start:
@@ -266,6 +270,7 @@ class RateControl:
         _log.debug("cut in %s (%r): service rate %.1f; rate %.1f -> %.1f", self.mode, phase, measured, current, target)
         self.cuts += 1
         self.btl = btl
+        self._episode.reset()
         self._cruise(now, target)
 
     def _cut_hard(self, phase: Phase, now: float) -> None:

