@@ -3,9 +3,9 @@
 The public API is what ``__all__`` lists; every module behind it is private.
 """
 
-from ._actions import DEALLOCATE_STATES
+from ._actions import DEALLOCATE_STATES, START_STATES
 from ._auth import AccessToken, AccessTokenLike, AsyncTokenCredentialLike, SharedKeyCredential
-from ._client import BatchDeallocClient
+from ._client import BatchDeallocClient, BatchNodesClient
 from ._errors import (
     AuthenticationError,
     BatchDeallocError,
@@ -14,6 +14,7 @@ from ._errors import (
     BatchTransportError,
     ConflictError,
     CredentialError,
+    NodeStateError,
     NotFoundError,
     ServerError,
     ServiceDownError,
@@ -31,6 +32,7 @@ from ._models import (
     BatchNodeListResult,
     BatchNodeState,
     DeallocateResult,
+    StartResult,
 )
 from ._outcomes import BulkReport, ClientStats, NodeOutcome, OutcomeStatus
 from ._retry import RetryPolicy
@@ -62,6 +64,7 @@ __all__ = [
     "BatchNodeDeallocateOptions",
     "BatchNodeListResult",
     "BatchNodeState",
+    "BatchNodesClient",
     "BatchServiceError",
     "BatchTimeoutError",
     "BatchTransportError",
@@ -77,12 +80,15 @@ __all__ = [
     "ExchangeError",
     "ManagedIdentityCredential",
     "NodeOutcome",
+    "NodeStateError",
     "NotFoundError",
     "OutcomeStatus",
     "Reply",
     "RetryPolicy",
+    "START_STATES",
     "ServerError",
     "ServiceDownError",
     "SharedKeyCredential",
+    "StartResult",
     "ThrottledError",
 ]

@@ -10,10 +10,10 @@ from typing import Final
 
 import attrs
 
-from ._models import BatchNodeState
+from ._models import BatchNodeState, DeallocateResult, StartResult
 from ._outcomes import OutcomeStatus
 
-__all__ = ["DEALLOCATE", "DEALLOCATE_STATES", "NodeAction"]
+__all__ = ["DEALLOCATE", "DEALLOCATE_STATES", "START", "START_STATES", "NodeAction"]
 
 
 @attrs.frozen(kw_only=True)
@@ -29,6 +29,7 @@ class NodeAction:
         done: States that end a wait successfully.
         failed: States that end a wait in failure (the node will not get to ``done`` by itself).
         done_status: The outcome status of a node seen in a ``done`` state.
+        result: The class of an accepted action's result.
     """
 
     verb: str
@@ -39,6 +40,7 @@ class NodeAction:
     done: frozenset[str]
     failed: frozenset[str] = frozenset()
     done_status: OutcomeStatus
+    result: type[DeallocateResult | StartResult]
 
     @property
     def watched(self) -> tuple[str, ...]:
@@ -57,4 +59,27 @@ DEALLOCATE: Final = NodeAction(
     passing=frozenset({BatchNodeState.DEALLOCATING.value}),
     done=frozenset({BatchNodeState.DEALLOCATED.value}),
     done_status=OutcomeStatus.DEALLOCATED,
+    result=DeallocateResult,
+)
+
+START_STATES: Final = frozenset({BatchNodeState.DEALLOCATED.value})
+"""The states the service starts a node in (any other is a ``409``)."""
+
+START: Final = NodeAction(
+    verb="start",
+    eligible=START_STATES,
+    accepted_state=BatchNodeState.STARTING.value,
+    confirming=frozenset(
+        {
+            BatchNodeState.STARTING.value,
+            BatchNodeState.WAITING_FOR_START_TASK.value,
+            BatchNodeState.IDLE.value,
+            BatchNodeState.RUNNING.value,
+        }
+    ),
+    passing=frozenset({BatchNodeState.STARTING.value, BatchNodeState.WAITING_FOR_START_TASK.value}),
+    done=frozenset({BatchNodeState.IDLE.value, BatchNodeState.RUNNING.value}),
+    failed=frozenset({BatchNodeState.START_TASK_FAILED.value, BatchNodeState.UNUSABLE.value}),
+    done_status=OutcomeStatus.STARTED,
+    result=StartResult,
 )

@@ -29,6 +29,7 @@ from ._errors import (
     BatchTimeoutError,
     ConflictError,
     CredentialError,
+    NodeStateError,
     ServiceDownError,
 )
 from ._outcomes import BulkReport, ClientStats, NodeOutcome, OutcomeStatus
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._actions import NodeAction
-    from ._models import BatchNode, DeallocateResult
+    from ._models import BatchNode, DeallocateResult, StartResult
 
 __all__ = [
     "DEFAULT_WAIT_TIMEOUT",
@@ -69,7 +70,7 @@ _DRAIN_GRACE: Final = 5.0  # seconds after the deadline for reading the rest of 
 class NodeBackend(Protocol):
     """The three operations a bulk run needs, with the run's action, body and timeout already bound."""
 
-    async def perform(self, pool_id: str, node_id: str, run: ClientStats) -> DeallocateResult:
+    async def perform(self, pool_id: str, node_id: str, run: ClientStats) -> DeallocateResult | StartResult:
         """Act on one node (retries included); raises :class:`BatchDeallocError` on failure."""
         ...
 
@@ -307,6 +308,8 @@ class BulkRun:
         )
 
     async def _deliver(self, outcome: NodeOutcome) -> None:
+        if outcome.action != self._action.verb:
+            outcome = attrs.evolve(outcome, action=self._action.verb)
         if self._outcomes is not None:
             self._outcomes.append(outcome)
         if self._on_outcome is not None:
@@ -542,5 +545,9 @@ class BulkRun:
             if node.state in action.done:
                 del pending[node.id]
                 await self._deliver(attrs.evolve(outcome, status=action.done_status, state=node.state))
+            elif node.state in action.failed:
+                del pending[node.id]
+                error = NodeStateError(pool_id=pool_id, node_id=node.id, state=node.state)
+                await self._deliver(attrs.evolve(outcome, status=OutcomeStatus.FAILED, state=node.state, error=error))
             elif node.state != outcome.state:
                 pending[node.id] = attrs.evolve(outcome, state=node.state)

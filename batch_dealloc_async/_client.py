@@ -18,11 +18,17 @@ from typing import TYPE_CHECKING, Final, Self
 import aiohttp
 
 from . import _request as rq
-from ._actions import DEALLOCATE, NodeAction
+from ._actions import DEALLOCATE, START, NodeAction
 from ._auth import AsyncTokenCredentialLike, SharedKeyCredential, authorizer_for
 from ._bulk import DEFAULT_WAIT_TIMEOUT, BulkRun, ListedCallback, NodeSource, OutcomeCallback
 from ._http import AiohttpExchange, Exchange
-from ._models import BatchNode, BatchNodeDeallocateOption, BatchNodeDeallocateOptions, DeallocateResult
+from ._models import (
+    BatchNode,
+    BatchNodeDeallocateOption,
+    BatchNodeDeallocateOptions,
+    DeallocateResult,
+    StartResult,
+)
 from ._operations import BulkOperations, NodeOperations
 from ._outcomes import BulkReport, ClientStats, NodeOutcome
 from ._retry import RetryPolicy
@@ -33,13 +39,14 @@ from ._version import version
 if TYPE_CHECKING:
     import os
     import ssl as ssl_module
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
     from types import TracebackType
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "BatchDeallocClient"]
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "BatchDeallocClient", "BatchNodesClient"]
 
 DEFAULT_MAX_CONCURRENCY: Final = 64
 DEFAULT_STATES: Final = tuple(sorted(DEALLOCATE.eligible))
+START_DEFAULT_STATES: Final = tuple(sorted(START.eligible))
 
 Option = BatchNodeDeallocateOption | BatchNodeDeallocateOptions | str | None
 
@@ -224,9 +231,51 @@ class BatchDeallocClient:
             ThrottledError, ServerError, BatchTransportError: still failing when the retries ran out.
         """
         body = rq.deallocate_body(rq.resolve_option(option))
-        return await self._act(
+        result = await self._act(
             DEALLOCATE, pool_id, node_id, body, timeout, client_request_id, return_client_request_id, ocp_date
         )
+        assert isinstance(result, DeallocateResult)  # noqa: S101 (the action's result class)
+        return result
+
+    async def start_node(
+        self,
+        pool_id: str,
+        node_id: str,
+        *,
+        timeout: int | None = None,
+        client_request_id: str | None = None,
+        return_client_request_id: bool = True,
+        ocp_date: datetime | None = None,
+    ) -> StartResult:
+        """Start one deallocated compute node (``POST .../pools/{poolId}/nodes/{nodeId}/start``, no body).
+
+        The same retries, timeouts and errors as :meth:`deallocate_node`. A ``409`` after an ambiguous attempt
+        (a timeout, a reset, a 5xx) is checked with Get Node: ``starting``, ``waitingforstarttask``, ``idle`` or
+        ``running`` means the earlier attempt worked (``result.reconciled``).
+
+        Args:
+            pool_id: The pool.
+            node_id: The node; it must be ``deallocated``.
+            timeout: Seconds the service may spend (``timeOut``, 1..30).
+            client_request_id: The GUID to send on every attempt; generated when not given.
+            return_client_request_id: Ask the service to echo the id (and check the echo).
+            ocp_date: An aware datetime for the ``ocp-date`` header of the first attempt only.
+
+        Returns:
+            What the service answered, with the number of attempts.
+
+        Raises:
+            ValueError: a bad id or timeout (nothing was sent).
+            ConflictError: the node is not deallocated (and no earlier ambiguous attempt of this call explains it).
+            NotFoundError: no such pool or node.
+            AuthenticationError: the credential was refused.
+            ThrottledError, ServerError, BatchTransportError, ServiceDownError: still failing in the end.
+        """
+        result = await self._act(
+            START, pool_id, node_id, None, timeout, client_request_id, return_client_request_id, ocp_date
+        )
+        assert isinstance(result, StartResult)  # noqa: S101 (the action's result class)
+        return result
 
     async def _act(  # noqa: PLR0917 (the public method's arguments, passed on in order)
         self,
@@ -238,7 +287,7 @@ class BatchDeallocClient:
         client_request_id: str | None,
         echo: bool,  # noqa: FBT001 (private; mirrors return_client_request_id)
         ocp_date: datetime | None,
-    ) -> DeallocateResult:
+    ) -> DeallocateResult | StartResult:
         """Check a single action's arguments, then perform it."""
         pool_id = rq.validate_pool_id(pool_id)
         node_id = rq.validate_node_id(node_id)
@@ -376,7 +425,6 @@ class BatchDeallocClient:
         Raises:
             ValueError: a bad pool id, option, timeout or deadline, or a bad id in a list (nothing sent).
         """
-        pool_id = _checked_nodes(pool_id, node_ids)
         body = rq.deallocate_body(rq.resolve_option(option))
         run = self._bulk(
             DEALLOCATE,
@@ -387,7 +435,32 @@ class BatchDeallocClient:
             wait_timeout=wait_timeout,
             on_outcome=on_outcome,
         )
-        return await run.nodes(pool_id, node_ids)
+        return await run.nodes(_checked_nodes(pool_id, node_ids), node_ids)
+
+    async def start_nodes(
+        self,
+        pool_id: str,
+        node_ids: NodeSource,
+        *,
+        wait: bool = False,
+        deadline: float | None = None,
+        on_outcome: OutcomeCallback | None = None,
+        timeout: int | None = None,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> BulkReport:
+        """Start many deallocated nodes of one pool concurrently; every node ends with exactly one outcome.
+
+        As :meth:`deallocate_nodes`, with Start Node. With ``wait``, accepted nodes end ``started`` once seen
+        ``idle`` or ``running`` after the request, ``failed`` (with :class:`NodeStateError`) once seen
+        ``starttaskfailed`` or ``unusable``, or ``timed_out`` with their last state.
+
+        Raises:
+            ValueError: a bad pool id, timeout or deadline, or a bad id in a list (nothing sent).
+        """
+        run = self._bulk(
+            START, None, timeout=timeout, deadline=deadline, wait=wait, wait_timeout=wait_timeout, on_outcome=on_outcome
+        )
+        return await run.nodes(_checked_nodes(pool_id, node_ids), node_ids)
 
     async def iter_deallocate_nodes(
         self,
@@ -405,14 +478,45 @@ class BatchDeallocClient:
         Memory stays bounded by the concurrency limit: a slow consumer slows the workers down. Close the
         iterator when leaving early (``contextlib.aclosing``) so that the run stops at once.
         """
-        pool_id = _checked_nodes(pool_id, node_ids)
         body = rq.deallocate_body(rq.resolve_option(option))
-        run = self._bulk(
-            DEALLOCATE, body, timeout=timeout, deadline=deadline, wait=wait, wait_timeout=wait_timeout, on_outcome=None
-        )
-        async with contextlib.aclosing(run.stream(pool_id, node_ids)) as outcomes:
+        stream = self._stream(DEALLOCATE, body, pool_id, node_ids, wait, deadline, timeout, wait_timeout)
+        async with contextlib.aclosing(stream) as outcomes:
             async for outcome in outcomes:
                 yield outcome
+
+    async def iter_start_nodes(
+        self,
+        pool_id: str,
+        node_ids: NodeSource,
+        *,
+        wait: bool = False,
+        deadline: float | None = None,
+        timeout: int | None = None,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> AsyncIterator[NodeOutcome]:
+        """Like :meth:`start_nodes`, yielding each outcome as it becomes final; no report is kept."""
+        stream = self._stream(START, None, pool_id, node_ids, wait, deadline, timeout, wait_timeout)
+        async with contextlib.aclosing(stream) as outcomes:
+            async for outcome in outcomes:
+                yield outcome
+
+    def _stream(  # noqa: PLR0917 (the public methods' arguments, in order)
+        self,
+        action: NodeAction,
+        body: bytes | None,
+        pool_id: str,
+        node_ids: NodeSource,
+        wait: bool,  # noqa: FBT001 (private; mirrors the public keyword)
+        deadline: float | None,
+        timeout: int | None,
+        wait_timeout: float,
+    ) -> AsyncGenerator[NodeOutcome]:
+        """The run's stream of outcomes (arguments checked now); the caller closes it."""
+        checked = _checked_nodes(pool_id, node_ids)
+        run = self._bulk(
+            action, body, timeout=timeout, deadline=deadline, wait=wait, wait_timeout=wait_timeout, on_outcome=None
+        )
+        return run.stream(checked, node_ids)
 
     async def deallocate_pool(
         self,
@@ -482,6 +586,64 @@ class BatchDeallocClient:
             on_outcome=on_outcome,
         )
         return await run.pools(pools, wanted, on_listed)
+
+    async def start_pool(
+        self,
+        pool_id: str,
+        *,
+        states: Iterable[str] = START_DEFAULT_STATES,
+        wait: bool = False,
+        deadline: float | None = None,
+        on_outcome: OutcomeCallback | None = None,
+        on_listed: ListedCallback | None = None,
+        timeout: int | None = None,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> BulkReport:
+        """Start every ``deallocated`` node of a pool; report the others ``skipped`` with their state.
+
+        As :meth:`deallocate_pool` (one snapshot, pool errors in the report), with Start Node; the other
+        arguments are those of :meth:`start_nodes`.
+
+        Raises:
+            ValueError: a bad pool id, state, timeout or deadline (nothing sent).
+        """
+        return await self.start_pools(
+            [pool_id],
+            states=states,
+            wait=wait,
+            deadline=deadline,
+            on_outcome=on_outcome,
+            on_listed=on_listed,
+            timeout=timeout,
+            wait_timeout=wait_timeout,
+        )
+
+    async def start_pools(
+        self,
+        pool_ids: Iterable[str],
+        *,
+        states: Iterable[str] = START_DEFAULT_STATES,
+        wait: bool = False,
+        deadline: float | None = None,
+        on_outcome: OutcomeCallback | None = None,
+        on_listed: ListedCallback | None = None,
+        timeout: int | None = None,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+    ) -> BulkReport:
+        """:meth:`start_pool` for several pools at once, under one limiter, deadline and report.
+
+        Raises:
+            ValueError: a bad pool id, state, timeout or deadline (nothing sent).
+        """
+        pools, wanted = _checked_pools(pool_ids, states)
+        run = self._bulk(
+            START, None, timeout=timeout, deadline=deadline, wait=wait, wait_timeout=wait_timeout, on_outcome=on_outcome
+        )
+        return await run.pools(pools, wanted, on_listed)
+
+
+BatchNodesClient = BatchDeallocClient
+"""The same client under a name for both directions (it deallocates and starts nodes); use either."""
 
 
 def _checked_nodes(pool_id: object, node_ids: NodeSource) -> str:

@@ -13,7 +13,8 @@ from :class:`BatchDeallocError`::
     │   └── ServerError            500, 502, 504, other 5xx: the service failed
     ├── BatchTransportError        no usable answer after retries: connection refused or reset, bad body
     │   └── BatchTimeoutError      the client-side timeout or the call's deadline ran out (also a TimeoutError)
-    └── ServiceDownError           the service failed every request for a while: the client stopped sending
+    ├── ServiceDownError           the service failed every request for a while: the client stopped sending
+    └── NodeStateError             a node a run waited for ended in a state it cannot go on from (starttaskfailed)
 
 No message, repr or attribute of these classes holds a key, a secret or a token.
 """
@@ -35,6 +36,7 @@ __all__ = [
     "BatchTransportError",
     "ConflictError",
     "CredentialError",
+    "NodeStateError",
     "NotFoundError",
     "ServerError",
     "ServiceDownError",
@@ -176,6 +178,26 @@ class ServiceDownError(BatchDeallocError):
     def __str__(self) -> str:
         last = f"; last error: {self.last_error}" if self.last_error is not None else ""
         return f"{self.args[0]}{last}"
+
+
+class NodeStateError(BatchDeallocError):
+    """A node a run waited for ended in a state it will not leave by itself (a start task failed, the VM unusable).
+
+    Attributes:
+        pool_id: The node's pool.
+        node_id: The node.
+        state: The state it was seen in (``starttaskfailed``, ``unusable``).
+        code: ``StartTaskFailed`` or ``NodeUnusable`` (``NodeState<state>`` for any other).
+    """
+
+    _CODES: Final = {"starttaskfailed": "StartTaskFailed", "unusable": "NodeUnusable"}
+
+    def __init__(self, *, pool_id: str, node_id: str, state: str) -> None:
+        self.pool_id = pool_id
+        self.node_id = node_id
+        self.state = state
+        self.code = self._CODES.get(state, f"NodeState{state.capitalize()}")
+        super().__init__(f"node {pool_id}/{node_id} ended {state} ({self.code}) after our request")
 
 
 _BY_STATUS: Final[Mapping[int, type[BatchServiceError]]] = {

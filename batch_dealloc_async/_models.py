@@ -20,6 +20,7 @@ __all__ = [
     "BatchNodeListResult",
     "BatchNodeState",
     "DeallocateResult",
+    "StartResult",
 ]
 
 
@@ -139,6 +140,35 @@ class DeallocateResult:
         reconciled: True when an ambiguous attempt (timeout, reset, 5xx) was followed by a ``409`` and a
             Get Node confirmed that the node is deallocating or deallocated; the header fields then come
             from that Get Node response.
+    """
+
+    pool_id: str
+    node_id: str
+    request_id: str | None
+    client_request_id: str
+    etag: str | None = None
+    last_modified: datetime | None = None
+    data_service_id: str | None = None
+    attempts: int = 1
+    reconciled: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class StartResult:
+    """What the service answered when it accepted a Start Node request (the fields of :class:`DeallocateResult`).
+
+    Attributes:
+        pool_id: The pool of the node.
+        node_id: The node.
+        request_id: The service's ``request-id`` of the accepted attempt (quote it in support cases).
+        client_request_id: The ``client-request-id`` sent on every attempt of this call.
+        etag: The ``ETag`` response header.
+        last_modified: The ``Last-Modified`` response header as an aware UTC datetime.
+        data_service_id: The ``DataServiceId`` response header.
+        attempts: How many requests this call sent (1 when the first attempt was accepted).
+        reconciled: True when an ambiguous attempt (timeout, reset, 5xx) was followed by a ``409`` and a
+            Get Node found the node starting, waiting for its start task, idle or running; the header fields
+            then come from that Get Node response.
     """
 
     pool_id: str

@@ -18,7 +18,7 @@ import cattrs
 from . import _request as rq
 from ._converter import load_model
 from ._errors import BatchDeallocError, ConflictError
-from ._models import BatchNode, BatchNodeListResult, DeallocateResult
+from ._models import BatchNode, BatchNodeListResult, DeallocateResult, StartResult
 from ._transport import Call
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class NodeOperations:
         echo: bool = True,
         ocp_date: float | None = None,
         run: ClientStats | None = None,
-    ) -> DeallocateResult:
+    ) -> DeallocateResult | StartResult:
         """Perform ``action`` on one node (arguments already checked): retries, then the 409 reconciliation.
 
         Raises:
@@ -83,8 +83,8 @@ class NodeOperations:
             if not call.ambiguous:
                 raise
             reply = await self._confirm(action, pool_id, node_id, call, conflict)
-            return self._result(pool_id, node_id, call, reply, reconciled=True)
-        return self._result(pool_id, node_id, call, reply, reconciled=False)
+            return self._result(action, pool_id, node_id, call, reply, reconciled=True)
+        return self._result(action, pool_id, node_id, call, reply, reconciled=False)
 
     async def _confirm(
         self, action: NodeAction, pool_id: str, node_id: str, call: Call, conflict: ConflictError
@@ -103,14 +103,16 @@ class NodeOperations:
             raise conflict
         return reply
 
-    def _result(self, pool_id: str, node_id: str, call: Call, reply: Reply, *, reconciled: bool) -> DeallocateResult:
+    def _result(
+        self, action: NodeAction, pool_id: str, node_id: str, call: Call, reply: Reply, *, reconciled: bool
+    ) -> DeallocateResult | StartResult:
         """The one place an accepted action becomes a result (and is counted)."""
         stats = self._transport.stats
         stats.accepted += 1
         if call.run is not None:
             call.run.accepted += 1
         headers = reply.headers
-        return DeallocateResult(
+        return action.result(
             pool_id=pool_id,
             node_id=node_id,
             request_id=headers.get("request-id") or None,
@@ -189,7 +191,7 @@ class BulkOperations:
     body: bytes | None
     service_timeout: int | None
 
-    async def perform(self, pool_id: str, node_id: str, run: ClientStats) -> DeallocateResult:
+    async def perform(self, pool_id: str, node_id: str, run: ClientStats) -> DeallocateResult | StartResult:
         """The run's action on one node."""
         return await self.operations.act(
             self.action, pool_id, node_id, body=self.body, service_timeout=self.service_timeout, run=run

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._errors import BatchDeallocError, BatchServiceError, BatchTimeoutError, ServiceDownError
+from ._errors import BatchDeallocError, BatchServiceError, BatchTimeoutError, NodeStateError, ServiceDownError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from ._models import DeallocateResult
+    from ._models import DeallocateResult, StartResult
 
 __all__ = ["BulkReport", "ClientStats", "NodeOutcome", "OutcomeStatus"]
 
@@ -25,8 +25,8 @@ class ClientStats:
         requests: Requests sent (every attempt counts).
         retries: Attempts after the first of a call.
         throttled: Responses that were throttling (429, 503 ServerBusy).
-        accepted: Deallocations the service accepted (202, or a node confirmed deallocating after an
-            ambiguous attempt); with ``wait`` these are the nodes still to be seen ``deallocated``.
+        accepted: Actions (deallocations, starts) the service accepted (202, or confirmed with Get Node after an
+            ambiguous attempt); with ``wait`` these are the nodes still to be seen where they were going.
         outages: Times the service failed every request and the circuit breaker began holding requests.
         probes: Requests sent alone, as probes, while the breaker held the others.
         traffic: What traffic control is doing now: ``startup``, ``cruise``, ``probe``, ``failing`` (the
@@ -55,35 +55,42 @@ class OutcomeStatus(enum.StrEnum):
     """How a node's part in a bulk run ended."""
 
     ACCEPTED = "accepted"
-    """The service accepted the deallocation (202); without ``wait`` this is success."""
+    """The service accepted the request (202); without ``wait`` this is success."""
     DEALLOCATED = "deallocated"
     """With ``wait``: the node reached ``deallocated``."""
+    STARTED = "started"
+    """With ``wait``, in a start run: the node was seen ``idle`` or ``running`` after our request."""
     SKIPPED = "skipped"
     """The node was not in an eligible state (see ``state``); nothing was changed."""
     FAILED = "failed"
-    """The deallocation failed (see ``error``)."""
+    """The request failed, or (waiting in a start run) the node ended ``starttaskfailed`` or ``unusable``; see
+    ``error`` and ``state``."""
     TIMED_OUT = "timed_out"
-    """The run's deadline passed while the request was in flight, or before the node reached ``deallocated``."""
+    """The run's deadline passed while the request was in flight, or before the node got where it was going."""
     NOT_ATTEMPTED = "not_attempted"
-    """The run's deadline passed (or it was stopped) before a request was sent for this node."""
+    """No request was sent for this node: the run's deadline passed, or the run stopped (``error`` says why)."""
 
 
 #: Statuses that count as success for the caller (exit code 0 of the CLI).
-SUCCESS_STATUSES = frozenset({OutcomeStatus.ACCEPTED, OutcomeStatus.DEALLOCATED, OutcomeStatus.SKIPPED})
+SUCCESS_STATUSES = frozenset(
+    {OutcomeStatus.ACCEPTED, OutcomeStatus.DEALLOCATED, OutcomeStatus.STARTED, OutcomeStatus.SKIPPED}
+)
 
 
 def _error_code(error: BaseException | None) -> str | None:
+    """The code a report groups failures by: the service's, or one naming what happened."""
     if error is None:
         return None
     if isinstance(error, BatchServiceError):
         return error.code or f"HTTP{error.status}"
     if isinstance(error, BatchTimeoutError):
         return "ClientTimeout"
+    code: str | None = None
     if isinstance(error, ServiceDownError):
-        return error.code or "ServiceDown"  # the service's own last error, what the run ended on
-    if isinstance(error, BatchDeallocError):
-        return type(error).__name__
-    return type(error).__name__
+        code = error.code or "ServiceDown"  # the service's own last error, what the run ended on
+    elif isinstance(error, NodeStateError):
+        code = error.code
+    return code or type(error).__name__
 
 
 @attrs.frozen(kw_only=True)
@@ -94,19 +101,21 @@ class NodeOutcome:
         pool_id: The node's pool.
         node_id: The node.
         status: How it ended.
-        result: The service's answer when the deallocation was accepted.
+        result: The service's answer when the request was accepted.
         error: Why it failed or timed out (``None`` otherwise).
         attempts: Deallocate requests sent for this node.
-        state: The node state last seen (from a listing, a Get Node, or ``deallocating`` once accepted).
+        state: The node state last seen (from a listing, a Get Node, or the action's state once accepted).
+        action: What the run did to nodes: ``deallocate`` or ``start``.
     """
 
     pool_id: str
     node_id: str
     status: OutcomeStatus
-    result: DeallocateResult | None = None
+    result: DeallocateResult | StartResult | None = None
     error: BaseException | None = attrs.field(default=None, eq=False)
     attempts: int = 0
     state: str | None = None
+    action: str = "deallocate"
 
     @property
     def error_code(self) -> str | None:
@@ -115,7 +124,7 @@ class NodeOutcome:
 
     @property
     def ok(self) -> bool:
-        """Accepted, deallocated or skipped: nothing for the caller to follow up."""
+        """Accepted, deallocated, started or skipped: nothing for the caller to follow up."""
         return self.status in SUCCESS_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +133,7 @@ class NodeOutcome:
         return {
             "pool_id": self.pool_id,
             "node_id": self.node_id,
+            "action": self.action,
             "status": self.status.value,
             "state": self.state,
             "attempts": self.attempts,
@@ -143,12 +153,12 @@ class BulkReport:
 
     Attributes:
         outcomes: One per node given or found, in the order they ended.
-        requests: Requests the run sent (deallocations, listings, state checks; every attempt counts).
+        requests: Requests the run sent (actions, listings, state checks; every attempt counts).
         retries: Attempts after the first of a call.
         throttled: Throttled responses (429, 503 ServerBusy).
         elapsed: Seconds from start to end.
         pool_errors: Pools that could not be listed (pool mode), with the error; their nodes are unknown.
-        poll_rounds: With ``wait``: rounds of listing (per pool) while waiting for ``deallocated``.
+        poll_rounds: With ``wait``: rounds of listing (per pool) while waiting for the nodes to get there.
         poll_requests: The requests those rounds took (included in ``requests``).
         outages: Times during the run the service failed every request and the client held its requests.
         probes: Requests sent alone to see whether the service was back.
@@ -183,7 +193,7 @@ class BulkReport:
 
     @property
     def ok(self) -> bool:
-        """True when every pool could be listed and every node was accepted, deallocated or skipped."""
+        """True when every pool could be listed and every node was accepted, deallocated, started or skipped."""
         return not self.pool_errors and all(o.ok for o in self.outcomes)
 
     def by_status(self, status: OutcomeStatus | str) -> list[NodeOutcome]:

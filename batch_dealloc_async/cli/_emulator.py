@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sys
 import textwrap
 from typing import TYPE_CHECKING
 
-from .. import BatchDeallocClient, BulkReport, NodeOutcome
+from .. import BatchDeallocClient, BulkReport, NodeOutcome, OutcomeStatus
 from ..emulator import BatchEmulator, EmulatorConfig, FaultConfig, config_from, serve
-from ._exit import EXIT_INTERRUPTED, exit_code
+from ._exit import EXIT_INTERRUPTED, EXIT_OK, exit_code
 from ._output import make_progress, print_report, showing, write_jsonl
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
+
+    from ._output import Progress
 
 __all__ = ["demo_config", "run_demo", "run_emulator"]
 
@@ -45,44 +49,93 @@ def demo_config(nodes: int, pools: int, seed: int) -> EmulatorConfig:
     )
 
 
+class _Demo:
+    """The demo's two runs on one client, and every outcome seen (for the summary after a Ctrl-C)."""
+
+    def __init__(self, args: argparse.Namespace, config: EmulatorConfig) -> None:
+        self.args = args
+        self.config = config
+        self.outcomes: list[NodeOutcome] = []
+        self.reports: dict[str, BulkReport] = {}
+
+    def recorder(self, progress: Progress) -> Callable[[NodeOutcome], None]:
+        def on_outcome(outcome: NodeOutcome) -> None:
+            self.outcomes.append(outcome)
+            if self.args.output == "jsonl":
+                write_jsonl(outcome)
+            progress.outcome(outcome)
+
+        return on_outcome
+
+    def banner(self, endpoint: str) -> None:
+        if self.args.output != "table":
+            return
+        sizes = ", ".join(f"{p} ({n} nodes)" for p, n in self.config.pools.items())
+        width = min(shutil.get_terminal_size().columns, 100)
+        message = (
+            f"Emulator at {endpoint}: {sizes}; throttled at {self.config.throttle_rps:.0f} requests/s, "
+            "2% injected faults"
+        )
+        print(textwrap.fill(message, width), file=sys.stderr)
+
+    async def deallocate(self, client: BatchDeallocClient) -> BulkReport:
+        progress = make_progress(client.stats, None, quiet=self.args.quiet, wait=True)
+        async with showing(progress):
+            report = await client.deallocate_pools(
+                list(self.config.pools),
+                wait=True,
+                deadline=120,
+                on_outcome=self.recorder(progress),
+                on_listed=lambda _p, n, others: progress.add_total(n + others),
+            )
+        self.reports["deallocate"] = report
+        if self.args.output == "table":
+            print_report(report, output="table", title="Deallocated")
+        return report
+
+    async def start_again(self, client: BatchDeallocClient, deallocated: BulkReport) -> None:
+        by_pool: dict[str, list[str]] = {}
+        for outcome in deallocated.outcomes:
+            if outcome.status is OutcomeStatus.DEALLOCATED:
+                by_pool.setdefault(outcome.pool_id, []).append(outcome.node_id)
+        total = sum(len(ids) for ids in by_pool.values())
+        progress = make_progress(client.stats, total, quiet=self.args.quiet, wait=True, verb="start")
+        on_outcome = self.recorder(progress)
+        async with showing(progress), asyncio.TaskGroup() as group:
+            runs = [
+                group.create_task(client.start_nodes(pool, ids, wait=True, deadline=120, on_outcome=on_outcome))
+                for pool, ids in by_pool.items()
+            ]
+        report = BulkReport.merge(
+            [run.result() for run in runs], elapsed=max((r.result().elapsed for r in runs), default=0)
+        )
+        self.reports["start"] = report
+        if self.args.output == "table":
+            print_report(report, output="table", title="Started again")
+
+    async def run(self) -> None:
+        async with BatchEmulator(self.config) as emu:
+            self.banner(emu.endpoint)
+            async with BatchDeallocClient(emu.endpoint, emu.credential()) as client:
+                deallocated = await self.deallocate(client)
+                if not self.args.no_start:
+                    await self.start_again(client, deallocated)
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    """Start the emulator in process and deallocate every eligible node of every pool, waiting for them."""
-    config = demo_config(args.nodes, args.pools, args.seed)
-    outcomes: list[NodeOutcome] = []
+    """Deallocate every eligible node of the emulator's pools, then (unless ``--no-start``) start them again.
 
-    async def demo() -> BulkReport:
-        async with BatchEmulator(config) as emu:
-            if args.output == "table":
-                sizes = ", ".join(f"{p} ({n} nodes)" for p, n in config.pools.items())
-                width = min(shutil.get_terminal_size().columns, 100)
-                message = (
-                    f"Emulator at {emu.endpoint}: {sizes}; throttled at {config.throttle_rps:.0f} "
-                    "requests/s, 2% injected faults"
-                )
-                print(textwrap.fill(message, width), file=sys.stderr)
-            async with (
-                BatchDeallocClient(emu.endpoint, emu.credential()) as client,
-                showing(make_progress(client.stats, None, quiet=args.quiet, wait=True)) as progress,
-            ):
-
-                def on_outcome(outcome: NodeOutcome) -> None:
-                    outcomes.append(outcome)
-                    if args.output == "jsonl":
-                        write_jsonl(outcome)
-                    progress.outcome(outcome)
-
-                return await client.deallocate_pools(
-                    list(config.pools),
-                    wait=True,
-                    deadline=120,
-                    on_outcome=on_outcome,
-                    on_listed=lambda _p, n, others: progress.add_total(n + others),
-                )
-
+    The emulator runs in process; each run waits for its nodes and shows its progress and summary.
+    """
+    demo = _Demo(args, demo_config(args.nodes, args.pools, args.seed))
     try:
-        report = asyncio.run(demo())
+        asyncio.run(demo.run())
     except KeyboardInterrupt:
-        print_report(BulkReport(outcomes=outcomes), output=args.output, interrupted=True)
+        print_report(BulkReport(outcomes=demo.outcomes), output=args.output, interrupted=True)
         return EXIT_INTERRUPTED
-    print_report(report, output=args.output)
-    return exit_code(report)
+    if args.output == "json":
+        print(json.dumps({action: report.to_dict() for action, report in demo.reports.items()}, indent=2))
+    elif args.output == "jsonl":
+        for report in demo.reports.values():
+            print_report(report, output="jsonl")
+    return max((exit_code(report) for report in demo.reports.values()), default=EXIT_OK)

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
     from .. import ClientStats
 
-__all__ = ["Progress", "make_progress", "print_dry_run", "print_report", "showing", "write_jsonl"]
+__all__ = ["Progress", "make_progress", "print_dry_run", "print_report", "print_states", "showing", "write_jsonl"]
 
+_WORDS = {"deallocate": ("deallocating", "deallocated"), "start": ("starting", "started")}
 _PLAIN_EVERY = 3.0  # seconds between plain progress lines
 _TICK = 0.25  # seconds between refreshes of the counters the display reads from the client's stats
 
@@ -47,13 +48,16 @@ class _Counts:
     """What both displays show.
 
     With ``wait`` a run has two phases per node: its request is answered (accepted, or ended otherwise), then an
-    accepted node is seen ``deallocated``; both are counted.
+    accepted node is seen where it was going (``deallocated``, ``started``); both are counted.
     """
 
-    def __init__(self, stats: ClientStats, total: int | None, *, wait: bool) -> None:
+    def __init__(self, stats: ClientStats, total: int | None, *, wait: bool, verb: str = "deallocate") -> None:
         self.stats = stats
         self.total = total
         self.wait = wait
+        self.doing, self.done_word = _WORDS.get(verb, (f"{verb}ing", f"{verb}ed"))
+        # The client may have run before (the demo runs twice): this display counts from here.
+        self._before = (stats.accepted, stats.throttled, stats.retries)
         self.done = 0
         self.waited = 0  # with wait: outcomes of accepted nodes (deallocated, or timed out waiting)
         self.by_status: Counter[str] = Counter()
@@ -69,11 +73,26 @@ class _Counts:
             self.waited += 1
 
     @property
+    def accepted(self) -> int:
+        """Requests of this run the service accepted."""
+        return self.stats.accepted - self._before[0]
+
+    @property
+    def throttled(self) -> int:
+        """Throttled answers during this run."""
+        return self.stats.throttled - self._before[1]
+
+    @property
+    def retries(self) -> int:
+        """Retries during this run."""
+        return self.stats.retries - self._before[2]
+
+    @property
     def answered(self) -> int:
-        """Nodes whose deallocate request is over (without wait, the nodes done)."""
+        """Nodes whose request is over (without wait, the nodes done)."""
         if not self.wait:
             return self.done
-        return self.done - self.waited + self.stats.accepted
+        return self.done - self.waited + self.accepted
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -87,10 +106,10 @@ class _Counts:
         if self.wait:
             head = (
                 f"progress: {answered}{total} nodes answered, "
-                f"{self.waited} of {self.stats.accepted} accepted deallocated"
+                f"{self.waited} of {self.accepted} accepted {self.done_word}"
             )
         return (
-            f"{head}, {rate:.0f}/s, throttled {self.stats.throttled}, retried {self.stats.retries}, "
+            f"{head}, {rate:.0f}/s, throttled {self.throttled}, retried {self.retries}, "
             f"elapsed {elapsed:.1f} s{eta}{self.condition()}"
         )
 
@@ -102,8 +121,10 @@ class _Counts:
 class PlainProgress(_Counts):
     """One line on stderr every few seconds, no control characters (for logs and CI)."""
 
-    def __init__(self, stats: ClientStats, total: int | None, stream: TextIO, *, wait: bool) -> None:
-        super().__init__(stats, total, wait=wait)
+    def __init__(
+        self, stats: ClientStats, total: int | None, stream: TextIO, *, wait: bool, verb: str = "deallocate"
+    ) -> None:
+        super().__init__(stats, total, wait=wait, verb=verb)
         self._stream = stream
         self._last = time.monotonic()
 
@@ -120,8 +141,10 @@ class PlainProgress(_Counts):
 class RichProgress(_Counts):
     """A live bar with done/total, rate, throttled and retried counts, and the ETA; a second bar with wait."""
 
-    def __init__(self, stats: ClientStats, total: int | None, stream: TextIO, *, wait: bool) -> None:
-        super().__init__(stats, total, wait=wait)
+    def __init__(
+        self, stats: ClientStats, total: int | None, stream: TextIO, *, wait: bool, verb: str = "deallocate"
+    ) -> None:
+        super().__init__(stats, total, wait=wait, verb=verb)
         from rich.console import Console  # noqa: PLC0415 (optional dependency, only on a terminal)
         from rich.progress import (  # noqa: PLC0415
             BarColumn,
@@ -142,15 +165,15 @@ class RichProgress(_Counts):
             transient=False,
             expand=True,
         )
-        self._task = self._bar.add_task("deallocating", total=total, info=self._info())
-        self._waiting = self._bar.add_task("deallocated", total=None, info="", visible=False) if wait else None
+        self._task = self._bar.add_task(self.doing, total=total, info=self._info())
+        self._waiting = self._bar.add_task(self.done_word, total=None, info="", visible=False) if wait else None
         self._bar.start()
 
     def _info(self) -> str:
         if self.stats.traffic == "failing":
             return "service failing, probing"
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        return f"{self.answered / elapsed:>5.0f}/s throttled {self.stats.throttled} retried {self.stats.retries}"
+        return f"{self.answered / elapsed:>5.0f}/s throttled {self.throttled} retried {self.retries}"
 
     def add_total(self, count: int) -> None:
         super().add_total(count)
@@ -159,8 +182,8 @@ class RichProgress(_Counts):
     def tick(self) -> None:
         # Outcomes only count (the base class); drawing happens here, a few times a second, not once per node.
         self._bar.update(self._task, completed=self.answered, info=self._info())
-        if self._waiting is not None and self.stats.accepted:
-            self._bar.update(self._waiting, completed=self.waited, total=self.stats.accepted, visible=True)
+        if self._waiting is not None and self.accepted:
+            self._bar.update(self._waiting, completed=self.waited, total=self.accepted, visible=True)
 
     def close(self) -> None:
         self.tick()
@@ -184,18 +207,24 @@ class NoProgress:
 
 
 def make_progress(
-    stats: ClientStats, total: int | None, *, quiet: bool, wait: bool = False, stream: TextIO | None = None
+    stats: ClientStats,
+    total: int | None,
+    *,
+    quiet: bool,
+    wait: bool = False,
+    stream: TextIO | None = None,
+    verb: str = "deallocate",
 ) -> Progress:
-    """The right progress display for where stderr goes."""
+    """The right progress display for where stderr goes (``verb``: what the run does to nodes)."""
     stream = stream or sys.stderr
     if quiet:
         return NoProgress()
     if stream.isatty():
         try:
-            return RichProgress(stats, total, stream, wait=wait)
+            return RichProgress(stats, total, stream, wait=wait, verb=verb)
         except ImportError:
             pass
-    return PlainProgress(stats, total, stream, wait=wait)
+    return PlainProgress(stats, total, stream, wait=wait, verb=verb)
 
 
 @contextlib.asynccontextmanager
@@ -240,7 +269,14 @@ def _summary_rows(report: BulkReport) -> list[tuple[str, str]]:
     return rows
 
 
-def print_report(report: BulkReport, *, output: str, interrupted: bool = False, stream: TextIO | None = None) -> None:
+def print_report(
+    report: BulkReport,
+    *,
+    output: str,
+    interrupted: bool = False,
+    stream: TextIO | None = None,
+    title: str = "Summary",
+) -> None:
     """The end of a run: a summary table, or the JSON report (``json``), or nothing more (``jsonl``)."""
     out = stream or sys.stdout
     if output == "json":
@@ -252,7 +288,7 @@ def print_report(report: BulkReport, *, output: str, interrupted: bool = False, 
         # Outcomes already went out line by line; the summary goes to stderr so stdout stays pure JSON lines.
         print(json.dumps({"summary": report.summary(), "interrupted": interrupted}), file=sys.stderr)
         return
-    title = "Interrupted: partial summary" if interrupted else "Summary"
+    title = "Interrupted: partial summary" if interrupted else title
     failures = report.failures_by_code
     problems = [o for o in report.outcomes if o.status in {OutcomeStatus.FAILED, OutcomeStatus.TIMED_OUT}]
     try:
@@ -337,3 +373,22 @@ def print_dry_run(planned: list[dict[str, Any]], *, verb: str, output: str, stre
         f"dry run: {len(acted)} would be {past}, {len(planned) - len(acted)} skipped; nothing was changed",
         file=out,
     )
+
+
+#: States a node is billed for compute in (a deallocated node is not).
+_NOT_BILLED = frozenset({"deallocated"})
+
+
+def print_states(counts: dict[str, dict[str, int]], *, output: str, stream: TextIO | None = None) -> None:
+    """``batch-dealloc nodes``: per pool, the nodes by state (json: one document), and how many are billed."""
+    out = stream or sys.stdout
+    if output == "json":
+        document = {pool: {"states": by_state, "nodes": sum(by_state.values())} for pool, by_state in counts.items()}
+        out.write(json.dumps(document, indent=2) + "\n")
+        return
+    for pool, by_state in counts.items():
+        total = sum(by_state.values())
+        billed = sum(n for state, n in by_state.items() if state not in _NOT_BILLED)
+        print(f"{pool}: {total} nodes, {billed} not deallocated", file=out)
+        for state, count in by_state.items():
+            print(f"  {state:<20} {count}", file=out)
