@@ -125,7 +125,7 @@ class Breaker:
         self._probe_at = None
         self._interval = min(self._interval * 2.0, self._max_probe)
         self._next_probe = now + self._interval
-        self._arm()
+        self._rearm()
 
     def alive(self) -> None:
         """The service answered (a success, a 4xx, a throttle): it is up."""
@@ -220,6 +220,13 @@ class Breaker:
         finally:
             if sleeper in self._sleepers:
                 self._sleepers.remove(sleeper)
+
+    def _rearm(self) -> None:
+        """The next probe time moved: restart the timer so that it wakes for it (and not for an older time)."""
+        timer, self._timer = self._timer, None
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+        self._arm()
 
     def _arm(self) -> None:
         if self._timer is None and self._opened_at is not None and (self._gate or self._sleepers):

@@ -48,11 +48,8 @@ _LEARN_ANSWERS: Final = 20  # answers in a cruise phase before its throttled sha
 _TRUSTED_ANSWERS: Final = 12  # successes between two throttled answers before their rate is trusted for a cut
 _MIN_EPISODE: Final = 0.05  # seconds of them, at least
 _QUIET: Final = 0.2  # seconds without throttling that end an episode (or two round trips, if longer)
-# Throttled share above the noise floor that is congestion while cruising: a limit that dropped. Less is left to
-# the end of the cruise, where a nudge down tells a rate measured high from noise.
-_EXCESS_SHARE: Final = 0.06
-_STARTUP_SHARE: Final = 0.15  # and in a round trip of startup
-_MIN_JUDGED: Final = 16  # answers a cruise or startup phase needs before its share is judged
+_ASSUMED_NOISE: Final = 0.05  # the random throttling startup and cruising allow for before the floor is learned
+_SURPRISE: Final = 6.9  # ln(1/0.001): how unlikely, under that noise, throttling must be to count as congestion
 _HEAVY: Final = 0.5  # a phase throttled this much is cut hard at once, measured or not...
 _HEAVY_ANSWERS: Final = 8  # ...once it has this many answers
 _SETTLE: Final = 0.005  # seconds (plus a quarter round trip) after a cut before the new phase counts
@@ -112,6 +109,20 @@ class Episode:
         return self._ok_at_last / span
 
 
+def _unlikely(k: int, n: int, p: float) -> bool:
+    """Whether ``k`` throttles in ``n`` answers are too many for a throttling chance ``p``.
+
+    Chernoff's bound: the chance of as many is below exp(-n KL(k/n || p)); it must be under exp(-``_SURPRISE``).
+    """
+    share = k / n
+    if share <= p:
+        return False
+    divergence = share * math.log(share / p)
+    if share < 1.0:
+        divergence += (1.0 - share) * math.log((1.0 - share) / (1.0 - p))
+    return n * divergence > _SURPRISE
+
+
 class RateControl:
     """Decides the pacing rate and the window from the meter.
 
@@ -129,6 +140,7 @@ class RateControl:
         "_cut_at",
         "_episode",
         "_first_step",
+        "_growing",
         "_guessing",
         "_hold_until",
         "_last_growth",
@@ -175,6 +187,7 @@ class RateControl:
         self._step = 0
         self._first_step = 0
         self._guessing = False
+        self._growing = False  # startup has set its first paced rate
         self._cut_at = now
         self._accepted = 0.0
         self._step_since = now
@@ -187,23 +200,20 @@ class RateControl:
     # ------------------------------------------------------------------------------------------------ signals
 
     def congested(self, phase: Phase) -> bool:
-        """More throttled answers in ``phase`` than the noise floor and chance explain, by a clear share.
+        """More throttled answers in ``phase`` than the noise floor and chance explain.
 
-        A few percent above the floor is not acted on at once: random throttling looks like that until the floor
-        has learned it, and overshooting the service's rate by that much soon shows more.
+        A probe step is judged against the floor just learned while cruising. Startup and cruising judge against
+        at least ``_ASSUMED_NOISE`` (random throttling of a few percent looks like a small overshoot until the
+        floor has learned it), with a binomial tail bound: heavy throttling shows in a dozen answers, random
+        throttling of 5% almost never passes.
         """
         expected = self.noise * phase.answered
         excess = phase.throttled - expected
         if excess < 2.0 + 2.0 * math.sqrt(expected):
             return False
-        # A probe step is judged against a floor just learned. Startup knows no floor yet, and overshooting there
-        # throttles heavily at once: it asks for a large share. Cruising asks for a clear one.
         if phase.kind == "probe":
             return True
-        if phase.answered < _MIN_JUDGED:
-            return False
-        share = _STARTUP_SHARE if phase.kind == "startup" else _EXCESS_SHARE
-        return excess >= share * phase.answered
+        return _unlikely(phase.throttled, phase.answered, max(self.noise, _ASSUMED_NOISE))
 
     def on_throttled(self, phase: Phase | None, now: float) -> bool:
         """A throttled answer (to a request sent in ``phase``) arrived now; True when it made a cut."""
@@ -253,10 +263,11 @@ class RateControl:
             self._meter.begin("startup", now)
         rtt = max(rtt, _GROWTH_TIME)
         last, self._last_growth = self._last_growth, now
-        if self.rate is None or (self.max_rate is not None and self.rate >= self.max_rate):
+        if not self._growing:
+            self._growing = True
             self._set_rate(self.window / rtt, now)  # the opening window's rate over the round trip seen
             return
-        self._set_rate(self.rate * _GROWTH ** (min(now - last, rtt) / rtt), now)
+        self._set_rate((self.rate or 0.0) * _GROWTH ** (min(now - last, rtt) / rtt), now)
 
     def _cut(self, phase: Phase, measured: float, now: float) -> None:
         current = self.rate if self.rate is not None else phase.send_rate(now) or measured

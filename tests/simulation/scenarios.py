@@ -41,6 +41,7 @@ class Cell:
     max_concurrency: int = 512
     max_rate: float | None = None
     deadline: float | None = None
+    action: str = "deallocate"
     options: dict[str, Any] = field(default_factory=dict)
 
     def ideal_time(self) -> float:
@@ -128,7 +129,8 @@ async def _run(cell: Cell) -> Result:
         ) as client:
             if index == 0:
                 sampler = asyncio.ensure_future(sample(client))
-            report = await client.deallocate_nodes("pool", ids, deadline=cell.deadline)
+            act = client.deallocate_nodes if cell.action == "deallocate" else client.start_nodes
+            report = await act("pool", ids, deadline=cell.deadline)
             if index == 0:
                 sampler.cancel()
             finish.append(loop.time() - start)
@@ -240,6 +242,12 @@ def outage_cells(latency: float = 0.02) -> list[Cell]:
     ]
 
 
+def start_cell() -> Cell:
+    """A start run on a throttled account: the figures of the token bucket cells hold for starting nodes too."""
+    model = ServiceModel(rate=300, burst=30, latency=0.02, jitter=0.004, initial_state="deallocated")
+    return Cell("start R=300 B=30 L=20ms N=10R", model, nodes=3000, action="start")
+
+
 def max_rate_cell() -> Cell:
     """Cell 6: a ceiling of 200 requests/s on an unlimited service."""
     return Cell("max_rate 200/s", ServiceModel(latency=0.02), nodes=2000, ideal=10.0, max_rate=200.0)
@@ -249,7 +257,7 @@ def main(argv: list[str]) -> int:
     trace = "--trace" in argv
     argv = [a for a in argv if a != "--trace"]
     cells = [*bucket_cells(), shift_cell(), shift_cell(0.15), shared_cell(), shared_cell(0.1), *outage_cells()]
-    cells += [c for pair in noise_cells() for c in pair[:1]] + [noise_cells()[0][1], max_rate_cell()]
+    cells += [c for pair in noise_cells() for c in pair[:1]] + [noise_cells()[0][1], max_rate_cell(), start_cell()]
     wanted = [c for c in cells if not argv or any(a in c.name for a in argv)]
     for cell in wanted:
         result = run(cell)

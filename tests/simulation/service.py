@@ -53,6 +53,7 @@ class ServiceModel:
         too_many: Share of requests answered ``429`` with ``Retry-After: 1``.
         error_500: Share of requests answered ``500 InternalError`` (not processed).
         outages: Outage windows.
+        initial_state: Every node's state at first (``deallocated`` for start runs).
         seed: Seeds every random choice.
     """
 
@@ -65,6 +66,7 @@ class ServiceModel:
     too_many: float = 0.0
     error_500: float = 0.0
     outages: tuple[Outage, ...] = ()
+    initial_state: str = "idle"
     seed: int = 1
 
     def rate_at(self, t: float) -> float | None:
@@ -166,7 +168,7 @@ class SimService:
     def _operate(self, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
         parts = path.split("?", 1)[0].strip("/").split("/")
         node = parts[3] if len(parts) > 3 else ""
-        state = self.states.get(node, "idle")
+        state = self.states.get(node, self.model.initial_state)
         if method == "POST":
             verb = parts[4]
             allowed, during = (

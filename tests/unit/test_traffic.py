@@ -1,0 +1,1170 @@
+"""Traffic control, each part alone, on virtual time: window, pacer, meter, controller, breaker, budget, limiter.
+
+Every test is a plain function that runs a coroutine on :func:`~tests.virtual_time.run_virtual` (the clock is
+``loop.time``, the sleep ``asyncio.sleep``), or drives a part by hand on a clock the test moves: every time below
+is exact and every run deterministic. The rate controller is driven by a small token-bucket simulation written
+here (:func:`drive`), without asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Final
+
+import pytest
+
+from batch_dealloc_async import ClientStats, ServiceDownError
+from batch_dealloc_async._traffic import AdaptiveLimiter, Feedback
+from batch_dealloc_async._traffic._breaker import Breaker
+from batch_dealloc_async._traffic._budget import RetryBudget
+from batch_dealloc_async._traffic._control import CRUISE_GAIN, Episode, RateControl
+from batch_dealloc_async._traffic._meter import Meter, RoundTrip
+from batch_dealloc_async._traffic._pacer import Pacer
+from batch_dealloc_async._traffic._window import Window
+from tests.virtual_time import run_virtual
+
+ERROR: Final = RuntimeError("500 InternalError")
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def settle() -> None:
+    """Let every ready callback run (a few loop turns, no virtual time)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def others() -> set[asyncio.Task[Any]]:
+    """Every task but the test's own."""
+    return asyncio.all_tasks() - {asyncio.current_task()}
+
+
+def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """A task the test awaits or cancels itself (it watches tasks come and go, so no TaskGroup here)."""
+    return asyncio.ensure_future(coro)
+
+
+# -------------------------------------------------------------------------------------------------------------- window
+
+
+@pytest.mark.parametrize("limit", [1, 3, 8])
+def test_window_never_has_more_than_limit_in_flight(limit: int) -> None:
+    """However many requests contend, at most ``limit`` hold a slot at once, and every one gets a slot in time."""
+
+    async def main() -> tuple[int, int, int]:
+        window = Window(16, limit)
+        peak = served = 0
+
+        async def one(index: int) -> None:
+            nonlocal peak, served
+            await window.take()
+            peak = max(peak, window.in_flight)
+            await asyncio.sleep(0.01 * (index % 5 + 1))
+            served += 1
+            window.give()
+
+        async with asyncio.TaskGroup() as group:
+            for index in range(40):
+                group.create_task(one(index))
+        return peak, served, window.in_flight
+
+    assert run_virtual(main()) == (limit, 40, 0)
+
+
+def test_window_serves_waiters_first_come_first_served() -> None:
+    """Waiters get slots in the order they came; a newcomer does not jump the queue."""
+
+    async def main() -> tuple[list[int], bool, int]:
+        window = Window(4, 1)
+        assert window.try_take()
+        order: list[int] = []
+
+        async def waiter(index: int) -> None:
+            await window.take()
+            order.append(index)
+
+        tasks = [spawn(waiter(index)) for index in range(5)]
+        await settle()
+        jumped = window.try_take()
+        for _ in range(5):
+            window.give()  # the holder is done: the slot passes to the next waiter
+            await settle()
+        await asyncio.gather(*tasks)
+        window.give()
+        return order, jumped, window.in_flight
+
+    assert run_virtual(main()) == ([0, 1, 2, 3, 4], False, 0)
+
+
+@pytest.mark.parametrize(("new_limit", "woken"), [(2, 1), (3, 2), (6, 4), (20, 4)])
+def test_raising_the_limit_wakes_waiters_at_once(new_limit: int, woken: int) -> None:
+    """A higher limit hands its new slots to waiting requests at once (never beyond the ceiling)."""
+
+    async def main() -> tuple[int, int]:
+        window = Window(8, 1)
+        window.try_take()
+        tasks = [spawn(window.take()) for _ in range(4)]
+        await settle()
+        window.limit = new_limit
+        await settle()
+        done = sum(task.done() for task in tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return done, window.in_flight
+
+    done, in_flight = run_virtual(main())
+    assert done == woken
+    assert in_flight == 1 + woken
+
+
+def test_lowering_the_limit_holds_new_takers_until_enough_slots_come_back() -> None:
+    """From 4 in flight to a limit of 2, a waiter gets a slot only once two of the four have come back."""
+
+    async def main() -> list[tuple[bool, bool, int]]:
+        window = Window(8, 4)
+        for _ in range(4):
+            window.try_take()
+        window.limit = 2
+        seen = []
+        taker = spawn(window.take())
+        await settle()
+        for _ in range(3):
+            window.give()
+            await settle()
+            seen.append((window.try_take(), taker.done(), window.in_flight))
+        return seen
+
+    assert run_virtual(main()) == [(False, False, 3), (False, False, 2), (False, True, 2)]
+
+
+@pytest.mark.parametrize("handed", [True, False])
+@pytest.mark.parametrize("behind", [0, 1])
+def test_a_cancelled_waiter_leaks_no_slot(handed: bool, behind: int) -> None:
+    """A waiter cancelled after its slot was handed to it passes the slot on; before, it just leaves the queue."""
+
+    async def main() -> tuple[int, int, int]:
+        window = Window(4, 1)
+        window.try_take()
+        first = spawn(window.take())
+        rest = [spawn(window.take()) for _ in range(behind)]
+        await settle()
+        if handed:
+            window.give()  # the holder is done: the slot goes to ``first``, which is cancelled before it runs
+        first.cancel()
+        await settle()
+        if not handed:
+            window.give()
+        await settle()
+        served = sum(task.done() and not task.cancelled() for task in rest)
+        in_flight = window.in_flight
+        for _ in range(served):
+            window.give()
+        return served, in_flight, window.in_flight
+
+    assert run_virtual(main()) == (behind, behind, 0)
+
+
+# --------------------------------------------------------------------------------------------------------------- pacer
+
+
+def make_pacer(rate: float | None) -> Pacer:
+    pacer = Pacer(asyncio.get_running_loop().time, asyncio.sleep)
+    pacer.set_rate(rate)
+    return pacer
+
+
+async def queue_up(pacer: Pacer, count: int, log: list[tuple[int, float]]) -> list[asyncio.Task[None]]:
+    """``count`` requests ask for a turn now, in order; each logs (its place, when it was let out)."""
+
+    async def one(index: int) -> None:
+        await pacer.slot()
+        log.append((index, now()))
+
+    tasks = [spawn(one(index)) for index in range(count)]
+    await settle()
+    return tasks
+
+
+def test_unpaced_lets_everything_go_at_once() -> None:
+    """Rate None: a thousand requests all leave at once, and no timer runs."""
+
+    async def main() -> tuple[set[float], int, int]:
+        pacer = make_pacer(None)
+        log: list[tuple[int, float]] = []
+        await asyncio.gather(*await queue_up(pacer, 1000, log))
+        return {t for _, t in log}, len(log), len(others())
+
+    assert run_virtual(main()) == ({0.0}, 1000, 0)
+
+
+@pytest.mark.parametrize("rate", [1.0, 10.0, 250.0])
+def test_queued_requests_leave_one_interval_apart_in_arrival_order(rate: float) -> None:
+    """At rate r, requests queued behind the current turn leave at 1/r, 2/r, 3/r... in the order they came."""
+
+    async def main() -> list[tuple[int, float]]:
+        pacer = make_pacer(rate)
+        assert pacer.try_slot(now())
+        assert pacer.try_slot(now())  # the one interval a fresh (idle) pacer may catch up
+        assert not pacer.try_slot(now())
+        log: list[tuple[int, float]] = []
+        tasks = await queue_up(pacer, 8, log)
+        assert not pacer.try_slot(now())  # a newcomer does not jump the queue
+        await asyncio.gather(*tasks)
+        return log
+
+    log = run_virtual(main())
+    assert [index for index, _ in log] == list(range(8))
+    assert [t for _, t in log] == pytest.approx([k / rate for k in range(1, 9)])
+
+
+@pytest.mark.parametrize(
+    ("new_rate", "times"),
+    [
+        (5.0, [0.1, 0.2, 0.4, 0.6, 0.8]),  # a cut spaces the waiting requests further apart
+        (20.0, [0.1, 0.2, 0.25, 0.3, 0.35]),  # a rise lets them out sooner
+        (None, [0.1, 0.2, 0.25, 0.25, 0.25]),  # unpaced: the rest go at once
+    ],
+)
+def test_a_rate_change_applies_to_requests_already_queued(new_rate: float | None, times: list[float]) -> None:
+    """Five requests queued at 10/s; at 0.25 s the rate changes, and the three still waiting follow the new one."""
+
+    async def main() -> list[tuple[int, float]]:
+        pacer = make_pacer(10.0)
+        pacer.try_slot(now())
+        pacer.try_slot(now())
+        log: list[tuple[int, float]] = []
+        tasks = await queue_up(pacer, 5, log)
+        await asyncio.sleep(0.25)
+        pacer.set_rate(new_rate)
+        await asyncio.gather(*tasks)
+        await settle()
+        assert not others()
+        return log
+
+    log = run_virtual(main())
+    assert [index for index, _ in log] == list(range(5))
+    assert [t for _, t in log] == pytest.approx(times)
+
+
+@pytest.mark.parametrize("cancelled", [[0], [1], [0, 1]])
+def test_a_cancelled_waiter_leaves_no_timer_behind(cancelled: list[int]) -> None:
+    """A cancelled waiter leaves the queue (the next moves up); once nobody waits, no timer task is left."""
+
+    async def main() -> tuple[list[tuple[int, float]], int, bool]:
+        pacer = make_pacer(10.0)
+        pacer.try_slot(now())
+        pacer.try_slot(now())
+        log: list[tuple[int, float]] = []
+        tasks = await queue_up(pacer, 2, log)
+        for index in cancelled:
+            tasks[index].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await settle()
+        return log, len(others()), pacer._timer is None
+
+    log, tasks_left, no_timer = run_virtual(main())
+    assert [(index, round(t, 9)) for index, t in log] == [(index, 0.1) for index in (0, 1) if index not in cancelled]
+    assert (tasks_left, no_timer) == (0, True)
+
+
+def test_close_stops_the_timer() -> None:
+    """close() ends the timer task even while requests wait (the client is closing)."""
+
+    async def main() -> tuple[bool, bool, set[asyncio.Task[Any]], list[tuple[int, float]]]:
+        pacer = make_pacer(1.0)
+        pacer.try_slot(now())
+        pacer.try_slot(now())
+        log: list[tuple[int, float]] = []
+        waiters = await queue_up(pacer, 3, log)
+        timer = pacer._timer
+        assert timer is not None
+        await pacer.close()
+        await asyncio.sleep(10)  # no turn is handed out any more
+        left = others() - set(waiters)
+        for task in waiters:
+            task.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        return timer.done(), pacer._timer is None, left, log
+
+    assert run_virtual(main()) == (True, True, set(), [])
+
+
+@pytest.mark.parametrize(
+    ("pause", "times"),
+    [
+        (0.15, [0.15, 0.2, 0.3, 0.4]),  # late by half an interval: caught up by that much only
+        (5.0, [5.0, 5.0, 5.1, 5.2]),  # a long pause: one interval caught up, then the rate
+        (3600.0, [3600.0, 3600.0, 3600.1, 3600.2]),  # however long the pause, no more
+    ],
+)
+def test_a_late_request_catches_up_by_one_interval_at_most(pause: float, times: list[float]) -> None:
+    """After a pause the pacer lets out at most one interval's worth early: no burst of the turns not taken."""
+
+    async def main() -> list[float]:
+        pacer = make_pacer(10.0)
+        pacer.try_slot(now())
+        pacer.try_slot(now())
+        await asyncio.sleep(pause)
+        log: list[tuple[int, float]] = []
+        await asyncio.gather(*await queue_up(pacer, 4, log))
+        return [t for _, t in log]
+
+    assert run_virtual(main()) == pytest.approx(times)
+
+
+# --------------------------------------------------------------------------------------------------------------- meter
+
+
+def test_answers_count_in_the_phase_their_request_was_sent_in() -> None:
+    """After begin(), answers to requests sent before it still go to the old phase; new sends go to the new one."""
+    meter = Meter(0.0)
+    old = meter.current
+    for t in (0.0, 0.1, 0.2):
+        meter.sent(t)
+    new = meter.begin("cruise", 0.3)
+    meter.sent(0.35)
+    assert meter.answered(0.1, 0.4, throttled=True) is old
+    assert meter.answered(0.2, 0.45, throttled=False) is old
+    assert meter.answered(0.35, 0.5, throttled=False) is new
+    assert meter.phase_of(0.29) is old
+    assert meter.phase_of(0.3) is new
+    assert (old.sent, old.answered, old.ok, old.throttled, old.end) == (3, 2, 1, 1, 0.3)
+    assert (new.kind, new.sent, new.answered, new.ok, new.throttled, new.end) == ("cruise", 1, 1, 1, 0, None)
+
+
+@pytest.mark.parametrize(("sent_at", "in_old"), [(1.0, True), (1.1, True), (1.199, True), (1.2, False), (1.5, False)])
+def test_sends_during_the_settle_time_count_in_the_old_phase(sent_at: float, in_old: bool) -> None:
+    """begin(now=1.0, settle=0.2): a request sent (and so answered) before 1.2 counts in the phase before."""
+    meter = Meter(0.0)
+    old = meter.current
+    new = meter.begin("cruise", 1.0, settle=0.2)
+    meter.sent(sent_at)
+    phase = meter.answered(sent_at, sent_at + 0.05, throttled=False)
+    assert new.start == 1.2
+    assert old.end == 1.2
+    assert phase is (old if in_old else new)
+    assert (old.sent, new.sent) == ((1, 0) if in_old else (0, 1))
+
+
+@pytest.mark.parametrize(
+    ("sends", "end", "at", "rate"),
+    [
+        ([], None, 1.0, None),
+        ([0.5], None, 1.0, None),  # one send has no interval
+        ([0.5, 0.501], None, 0.501, None),  # two sends a millisecond apart: too short to mean anything
+        ([k / 10 for k in range(10)], None, 0.9, 10.0),
+        ([k / 10 for k in range(10)], None, 1.8, 5.0),  # the current phase's span runs to now
+        ([k / 10 for k in range(10)], 1.8, 100.0, 5.0),  # an ended phase's span runs to its end
+    ],
+)
+def test_phase_send_rate(sends: list[float], end: float | None, at: float, rate: float | None) -> None:
+    """send_rate is (sends - 1) over the span from the first send to now (or the phase's end)."""
+    meter = Meter(0.0)
+    phase = meter.current
+    for t in sends:
+        meter.sent(t)
+    if end is not None:
+        meter.begin("cruise", end)
+    assert phase.send_rate(at) == (None if rate is None else pytest.approx(rate))
+
+
+@pytest.mark.parametrize(
+    ("ok", "throttled", "delivered", "share"), [(0, 0, None, 0.0), (6, 2, 7.5, 0.25), (0, 4, 0, 1.0)]
+)
+def test_phase_delivered_and_share(ok: int, throttled: int, delivered: float | None, share: float) -> None:
+    """Phase.delivered is the send rate times the share of successes; Phase.share, the throttled share."""
+    meter = Meter(0.0)
+    phase = meter.current
+    for k in range(11):
+        meter.sent(k / 10)  # 10 requests/s
+    for k in range(ok + throttled):
+        meter.answered(k / 10, 1.0, throttled=k >= ok)
+    assert phase.share() == share
+    assert phase.delivered(1.0) == (None if delivered is None else pytest.approx(delivered))
+
+
+@pytest.mark.parametrize("samples", [[0.1], [0.1, 0.3, 0.2, 0.2, 0.5], [0.05, 0.05, 0.05, 1.0, 0.05], [0.2, -0.1]])
+def test_round_trip_follows_rfc_6298(samples: list[float]) -> None:
+    """SRTT = R, RTTVAR = R/2 first; then RTTVAR += (|SRTT - R'| - RTTVAR)/4 and SRTT += (R' - SRTT)/8."""
+    rtt = RoundTrip()
+    assert (rtt.smoothed, rtt.variation, rtt.min) == (None, 0.0, None)
+    srtt = rttvar = 0.0
+    for index, sample in enumerate(samples):
+        rtt.add(sample)
+        r = max(sample, 0.0)
+        if index == 0:
+            srtt, rttvar = r, r / 2
+        else:
+            rttvar = 0.75 * rttvar + 0.25 * abs(srtt - r)  # beta = 1/4, with the SRTT before this sample
+            srtt = 0.875 * srtt + 0.125 * r  # alpha = 1/8
+        assert rtt.smoothed == pytest.approx(srtt)
+        assert rtt.variation == pytest.approx(rttvar)
+    assert rtt.min == min(max(s, 0.0) for s in samples)
+
+
+@pytest.mark.parametrize(("span", "rate"), [(0.5, 40.0), (1.0, 30.0), (1.5, 20.0), (10.0, 3.0)])
+def test_recent_send_rate(span: float, rate: float) -> None:
+    """recent_send_rate counts the sends of the last ``span`` seconds (the edge included) over ``span``."""
+    meter = Meter(0.0)
+    for _ in range(10):
+        meter.sent(1.0)
+    for _ in range(20):
+        meter.sent(2.0)
+    assert meter.recent_send_rate(2.0, span) == pytest.approx(rate)
+
+
+# ------------------------------------------------------------------------------------------------------------- episode
+
+
+def dry_bucket(
+    episode: Episode, rate: float, burst: float, start: float, seconds: float, *, guard: float = 0.0
+) -> None:
+    """A client sending 2R for ``seconds`` into a bucket of rate R that starts with ``burst`` tokens."""
+    tokens, last, size = burst, start, max(burst, 2.0)
+    for k in range(int(2 * rate * seconds)):
+        t = start + k / (2 * rate)
+        tokens = min(size, tokens + (t - last) * rate)
+        last = t
+        if tokens >= 1.0:
+            tokens -= 1.0
+            episode.ok(t)
+        else:
+            episode.throttled(t, quiet=0.2, guard=guard)
+
+
+@pytest.mark.parametrize("rate", [50.0, 300.0, 1000.0])
+@pytest.mark.parametrize("burst_share", [0.1, 1.0])
+def test_episode_measures_the_service_rate(rate: float, burst_share: float) -> None:
+    """Successes between throttled answers from a dry bucket of rate R, sent 2R burst first, measure R within 5%."""
+    episode = Episode()
+    dry_bucket(episode, rate, rate * burst_share, 0.0, 3.0, guard=0.01)
+    measured = episode.rate()
+    assert measured is not None
+    assert measured == pytest.approx(rate, rel=0.05)
+
+
+def test_a_quiet_gap_starts_a_new_episode() -> None:
+    """Throttling after a gap longer than ``quiet`` measures afresh: a rate of 100/s then 300/s reads 300/s."""
+    episode = Episode()
+    dry_bucket(episode, 100.0, 0.0, 0.0, 1.0)
+    assert episode.rate() == pytest.approx(100.0, rel=0.05)
+    episode.throttled(1.5, quiet=0.2, guard=0.0)  # half a second without throttling: a new episode
+    assert episode.rate() is None
+    dry_bucket(episode, 300.0, 0.0, 1.5, 1.0)
+    assert episode.rate() == pytest.approx(300.0, rel=0.05)
+
+
+@pytest.mark.parametrize(("guard", "rate"), [(0.0, 290.0 / 3), (0.1, 100.0)])
+def test_successes_within_the_guard_are_not_counted(guard: float, rate: float) -> None:
+    """Successes in the first ``guard`` seconds after the first throttled answer are left out, and so is that time."""
+    episode = Episode()
+    episode.throttled(0.0, quiet=1.0, guard=guard)
+    for k in range(1, 30):
+        episode.ok(k / 100)  # 9 successes before 0.1 s, 20 from 0.1 s to 0.29 s
+    episode.throttled(0.3, quiet=1.0, guard=guard)
+    assert episode.rate() == pytest.approx(rate)
+
+
+@pytest.mark.parametrize(
+    ("oks", "span", "rate"),
+    [
+        (0, 1.0, None),
+        (11, 1.0, None),  # not enough successes
+        (12, 0.04, None),  # not enough span
+        (12, 0.05, 240.0),
+        (100, 1.0, 100.0),
+    ],
+)
+def test_episode_needs_enough_successes_and_span(oks: int, span: float, rate: float | None) -> None:
+    """rate() is None until 12 successes came between throttled answers at least 0.05 s apart."""
+    episode = Episode()
+    assert episode.rate() is None
+    episode.throttled(0.0, quiet=1.0, guard=0.0)
+    for k in range(oks):
+        episode.ok(span * k / max(oks, 1))
+    episode.throttled(span, quiet=1.0, guard=0.0)
+    episode.ok(span)  # after the last throttled answer: not counted yet
+    assert episode.rate() == (None if rate is None else pytest.approx(rate))
+
+
+# -------------------------------------------------------------------------------------------------------- rate control
+
+Schedule = tuple[tuple[float, float | None], ...]
+
+
+@dataclass
+class Drive:
+    """What a simulated run of the controller did."""
+
+    control: RateControl
+    trace: list[tuple[float, str, float]]  # (when, mode, rate) at every change of either
+    sends: list[float]
+
+    def rate_at(self, t: float) -> float:
+        return [rate for when, _, rate in self.trace if when <= t][-1]
+
+    def cruises(self, since: float) -> list[float]:
+        """The rates the controller cruised at from ``since`` on."""
+        return [rate for when, mode, rate in self.trace if when >= since and mode == "cruise"]
+
+    def per_second(self, start: int, end: int) -> list[int]:
+        """Requests sent in each whole second from ``start`` to ``end``."""
+        counts = Counter(int(t) for t in self.sends)
+        return [counts[second] for second in range(start, end)]
+
+    def follow_time(self, at: float, limit: float) -> float | None:
+        """Seconds after ``at`` until the controller cruised within 15% of ``limit``."""
+        near = [
+            t - at for t, mode, rate in self.trace if t >= at and mode == "cruise" and abs(rate - limit) < 0.15 * limit
+        ]
+        return near[0] if near else None
+
+
+def drive(
+    schedule: Schedule,
+    *,
+    latency: float,
+    seconds: float,
+    noise: float = 0.0,
+    ceiling: int = 100_000,
+    max_rate: float | None = None,
+    seed: int = 1,
+) -> Drive:
+    """The controller and a meter against a token bucket, without asyncio.
+
+    The bucket's rate follows ``schedule`` (``(from, rate)`` steps; ``None``: no bucket), its size is a tenth of the
+    rate, and it starts full. Requests leave ``1/control.rate`` apart (at once while unpaced) while fewer than
+    ``control.window`` are in flight, reach the bucket after ``latency / 2`` and are answered after ``latency``;
+    ``noise`` is the share of the others throttled at random. Answers feed the meter and the controller as the
+    limiter does.
+    """
+    rng = random.Random(seed)
+    meter = Meter(0.0)
+    control = RateControl(meter, ceiling=ceiling, max_rate=max_rate, min_rate=1.0, rng=random.Random(seed), now=0.0)
+
+    def bucket_rate(t: float) -> float | None:
+        return [rate for at, rate in schedule if at <= t][-1]
+
+    first = bucket_rate(0.0)
+    tokens = first / 10 if first else 0.0
+    filled = 0.0
+    answers: list[tuple[float, float, bool]] = []  # (answered at, sent at, throttled)
+    last_send = -math.inf
+    t = 0.0
+    trace = [(0.0, control.mode, control.rate or 0.0)]
+    sends: list[float] = []
+    while t < seconds:
+        rate = control.rate
+        next_send = math.inf
+        if len(answers) < control.window:
+            next_send = t if rate is None else max(t, last_send + 1.0 / rate)
+        if answers and answers[0][0] <= next_send:
+            t, sent_at, throttled = heapq.heappop(answers)
+            phase = meter.answered(sent_at, t, throttled=throttled)
+            if throttled:
+                control.on_throttled(phase, t)
+            else:
+                control.on_ok(t)
+        else:
+            t = last_send = next_send
+            meter.sent(t)
+            sends.append(t)
+            arrives = t + latency / 2
+            limit = bucket_rate(arrives)
+            granted = True
+            if limit is not None:
+                tokens = min(max(limit / 10, 1.0), tokens + (arrives - filled) * limit)
+                filled = arrives
+                granted = tokens >= 1.0
+                if granted:
+                    tokens -= 1.0
+            throttled = not granted or (noise > 0 and rng.random() < noise)
+            heapq.heappush(answers, (t + latency, t, throttled))
+        if (control.mode, control.rate or 0.0) != trace[-1][1:]:
+            trace.append((t, control.mode, control.rate or 0.0))
+    return Drive(control, trace, sends)
+
+
+@pytest.mark.parametrize("latency", [0.02, 0.05, 0.3])
+def test_startup_doubles_the_rate_every_round_trip_but_not_faster_than_every_tenth_of_a_second(latency: float) -> None:
+    """With no limit the rate doubles per round trip (per 0.1 s when the round trip is shorter), and never faster."""
+    period = max(latency, 0.1)
+    run = drive(((0.0, None),), latency=latency, seconds=latency + 5 * period)
+    assert {mode for _, mode, _ in run.trace} == {"startup"}
+    start = latency  # the first answer sets the first pace
+    growth = [run.rate_at(start + k * period) / run.rate_at(start) for k in range(1, 5)]
+    assert growth == pytest.approx([2.0, 4.0, 8.0, 16.0], rel=0.05)
+    paced = run.trace[1:]
+    for (t0, _, r0), (t1, _, r1) in itertools.pairwise(paced):
+        assert r1 <= r0 * 2.0 ** ((t1 - t0) / period) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("rate", [50.0, 300.0, 1000.0])
+@pytest.mark.parametrize("latency", [0.02, 0.15])
+def test_a_token_bucket_is_cruised_at_95_to_100_percent_of_its_rate(rate: float, latency: float) -> None:
+    """Against a bucket of R (burst R/10), once found, every cruise is at 0.95R..1.0R.
+
+    The service rate behind a cut is counted from answers in a window a few round trips long; at R=50 a window
+    holds a handful of answers, so one answer more or less is 2%: the ceiling there is 1.02R.
+    """
+    run = drive(((0.0, rate),), latency=latency, seconds=15.0)
+    cruises = run.cruises(since=5.0)
+    ceiling = 1.02 * rate if rate < 100 else rate
+    assert len(cruises) >= 3
+    assert [round(c / rate, 3) for c in cruises if not 0.95 * rate <= c <= ceiling] == []
+
+
+@pytest.mark.parametrize("latency", [0.02, 0.15])
+def test_a_probe_staircase_that_meets_throttling_cuts_back_to_about_the_limit(latency: float) -> None:
+    """Probes step 5%, then 10%, 20%... more each step; the step that meets the bucket cuts back to 0.95R..1.0R."""
+    rate = 300.0
+    run = drive(((0.0, rate),), latency=latency, seconds=15.0)
+    staircases: list[list[float]] = []  # the cruise before, each step, the cruise after
+    climbing: list[float] = []
+    for (_, _, r0), (_, mode, r1) in itertools.pairwise(run.trace):
+        if mode == "probe":
+            climbing = climbing or [r0]
+            climbing.append(r1)
+        elif climbing:
+            staircases.append([*climbing, r1])
+            climbing = []
+    assert len(staircases) >= 5
+    for cruise, *steps, cut in staircases[1:]:  # the first follows startup's guess; later ones a measured cruise
+        assert steps[0] / cruise == pytest.approx(1.05 / CRUISE_GAIN, rel=0.01)
+        ratios = [b / a for a, b in itertools.pairwise(steps)]
+        assert ratios == pytest.approx([1.1, 1.2, 1.4, 1.8][: len(ratios)])
+        assert 0.95 * rate <= cut <= rate
+
+
+@pytest.mark.parametrize(("latency", "slots"), [(0.02, 16), (0.1, 32)])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_throttling_does_not_collapse_the_rate(latency: float, slots: int, seed: int) -> None:
+    """5% random throttling, no bucket: never taken for congestion; the client sends 0.8x its capacity or more."""
+    capacity = slots / latency  # what the client can send: its window over the round trip
+    run = drive(((0.0, None),), latency=latency, seconds=20.0, noise=0.05, ceiling=slots, seed=seed)
+    assert min(run.per_second(2, 20)) >= 0.8 * capacity
+    assert run.control.cuts == 0 or run.control.noise == pytest.approx(0.05, abs=0.015)
+
+
+@pytest.mark.parametrize("rate", [100.0, 1000.0])
+@pytest.mark.parametrize("latency", [0.02, 0.15])
+@pytest.mark.parametrize(("factor", "within"), [(0.25, 1.0), (4.0, 3.0)])
+def test_a_limit_that_moves_is_followed(rate: float, latency: float, factor: float, within: float) -> None:
+    """A limit that drops to a quarter is cruised at within 1 s; one that rises 4x, within 3 s."""
+    run = drive(((0.0, rate), (5.0, rate * factor)), latency=latency, seconds=10.0)
+    follow = run.follow_time(5.0, rate * factor)
+    assert follow is not None
+    assert follow <= within
+
+
+@pytest.mark.parametrize(
+    ("schedule", "noise", "max_rate"),
+    [
+        (((0.0, None),), 0.0, 200.0),
+        (((0.0, 1000.0),), 0.0, 300.0),
+        (((0.0, 100.0), (3.0, 2000.0)), 0.0, 500.0),
+        (((0.0, None),), 0.05, 400.0),
+    ],
+)
+def test_max_rate_is_never_exceeded(schedule: Schedule, noise: float, max_rate: float) -> None:
+    """Whatever the controller does (startup, probes, noise), its rate and the client's sends stay within max_rate."""
+    run = drive(schedule, latency=0.02, seconds=10.0, noise=noise, max_rate=max_rate)
+    assert max(rate for _, _, rate in run.trace) <= max_rate
+    assert max(run.per_second(0, 10)) <= max_rate + 1
+
+
+# ----------------------------------------------------------------------------------------------------- circuit breaker
+
+
+def make_breaker(**options: Any) -> Breaker:
+    return Breaker(asyncio.get_running_loop().time, asyncio.sleep, **options)
+
+
+def open_breaker(breaker: Breaker, failures: int = 3, error: BaseException = ERROR) -> None:
+    for _ in range(failures):
+        breaker.failure(error, now())
+
+
+@dataclass
+class Held:
+    """Requests at the breaker's gate: each logs (its place, when it was let go, as a probe or not, or the error)."""
+
+    log: list[tuple[int, float, bool | BaseException]]
+    tasks: list[asyncio.Task[None]]
+
+
+async def hold(breaker: Breaker, count: int, *, probe_fails_after: float | None = None) -> Held:
+    """``count`` requests wait at the gate; a probe let go fails ``probe_fails_after`` later (None: no answer)."""
+    held = Held([], [])
+
+    async def one(index: int) -> None:
+        try:
+            probe = await breaker.gate()
+        except ServiceDownError as exc:
+            held.log.append((index, now(), exc))
+            return
+        sent_at = now()
+        held.log.append((index, sent_at, probe))
+        if probe and probe_fails_after is not None:
+            await asyncio.sleep(probe_fails_after)
+            breaker.failure(ERROR, sent_at)
+
+    held.tasks = [spawn(one(index)) for index in range(count)]
+    await settle()
+    return held
+
+
+def test_a_closed_breaker_lets_requests_through() -> None:
+    """Closed, gate() returns at once (not a probe) and backoff() is a plain sleep."""
+
+    async def main() -> tuple[bool, float, bool]:
+        breaker = make_breaker(open_after=3)
+        open_breaker(breaker, 2)
+        probe = await breaker.gate()
+        await breaker.backoff(2.5)
+        return probe, now(), breaker.is_open
+
+    assert run_virtual(main()) == (False, 2.5, False)
+
+
+@pytest.mark.parametrize(
+    ("answers", "opened"),
+    [
+        ("FFF", True),
+        ("FF", False),
+        ("FFOFF", False),  # a success in between starts the count again
+        ("FFOFFF", True),
+        ("FOFOFOFOFO", False),
+    ],
+)
+def test_failures_in_a_row_open_it(answers: str, opened: bool) -> None:
+    """open_after failures in a row open the breaker; any answer from a live service in between resets the count."""
+    clock = [0.0]
+    breaker = Breaker(lambda: clock[0], asyncio.sleep, open_after=3)
+    for answer in answers:
+        clock[0] += 0.01
+        if answer == "F":
+            breaker.failure(ERROR, clock[0])
+        else:
+            breaker.alive()
+    assert (breaker.is_open, breaker.opened) == (opened, int(opened))
+
+
+def test_while_open_one_probe_goes_at_each_probe_time() -> None:
+    """Open: requests wait; one probe goes 0.25 s after opening, and after each failed probe 0.5 s, then 1 s."""
+
+    async def main() -> list[tuple[int, float, bool | BaseException]]:
+        breaker = make_breaker(open_after=3)
+        open_breaker(breaker)
+        held = await hold(breaker, 8, probe_fails_after=0.05)
+        await asyncio.sleep(4.0)
+        breaker.alive()
+        await asyncio.gather(*held.tasks)
+        return held.log
+
+    log = run_virtual(main())
+    probes = [(index, t) for index, t, probe in log if probe is True]
+    assert [(index, round(t, 9)) for index, t in probes] == [(0, 0.25), (1, 0.8), (2, 1.85), (3, 2.9), (4, 3.95)]
+    assert [(index, t, probe) for index, t, probe in log if probe is not True] == [(i, 4.0, False) for i in range(5, 8)]
+
+
+def test_a_failed_probe_reschedules_the_next_one() -> None:
+    """Each failed probe moves the next probe 0.5 s, then 1 s (the cap) on; a request arriving then goes as it."""
+
+    async def main() -> list[tuple[float, bool]]:
+        breaker = make_breaker(open_after=3)
+        open_breaker(breaker)
+        seen = []
+        for _ in range(4):
+            await asyncio.sleep(breaker._next_probe - now() + 1e-9)
+            probe = await breaker.gate()  # at once: the probe is due
+            sent = now()
+            seen.append((round(sent, 6), probe))
+            await asyncio.sleep(0.05)
+            breaker.failure(ERROR, sent)
+        return seen
+
+    assert run_virtual(main()) == [(0.25, True), (0.8, True), (1.85, True), (2.9, True)]
+
+
+@pytest.mark.parametrize(("sent_before", "probe_at"), [(True, 0.25), (False, 0.6)])
+def test_failures_of_requests_sent_before_it_opened_do_not_reschedule_probes(
+    sent_before: bool, probe_at: float
+) -> None:
+    """A failure at 0.1 s of a request sent before it opened leaves the probe at 0.25 s (a later one's: 0.6 s)."""
+
+    async def main() -> list[tuple[int, float, bool | BaseException]]:
+        breaker = make_breaker(open_after=3)
+        await asyncio.sleep(1.0)
+        open_breaker(breaker)
+        held = await hold(breaker, 2)
+        await asyncio.sleep(0.1)
+        breaker.failure(ERROR, 0.5 if sent_before else now())
+        await asyncio.sleep(1.0)
+        breaker.alive()
+        await asyncio.gather(*held.tasks)
+        return [(index, round(t, 9), probe) for index, t, probe in held.log]
+
+    assert run_virtual(main()) == [(0, 1.0 + probe_at, True), (1, 2.1, False)]
+
+
+def test_any_answer_closes_it_and_releases_everything_at_once() -> None:
+    """alive() closes the breaker: every held request goes and every sleeping backoff ends, at that moment."""
+
+    async def main() -> tuple[list[tuple[int, float, bool | BaseException]], list[float], bool]:
+        breaker = make_breaker(open_after=3)
+        open_breaker(breaker)
+        held = await hold(breaker, 5)
+        woke: list[float] = []
+
+        async def retry() -> None:
+            await breaker.backoff(100.0)
+            woke.append(now())
+
+        sleepers = [spawn(retry()) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        breaker.alive()
+        await asyncio.gather(*held.tasks, *sleepers)
+        return held.log, woke, breaker.is_open
+
+    log, woke, is_open = run_virtual(main())
+    assert log == [(index, 0.1, False) for index in range(5)]
+    assert woke == [0.1, 0.1, 0.1]
+    assert not is_open
+
+
+def test_after_give_up_held_and_new_requests_fail_but_a_probe_still_goes() -> None:
+    """Open 30 s: held requests and new ones raise ServiceDownError with the last error; later a probe still goes."""
+    last = RuntimeError("503 the last one")
+
+    async def main() -> tuple[Held, BaseException, float, bool, bool]:
+        breaker = make_breaker(open_after=3)
+        open_breaker(breaker, error=last)
+        held = await hold(breaker, 12)  # probes go unanswered: one every 5 s (a probe counted lost)
+        await asyncio.gather(*held.tasks)
+        with pytest.raises(ServiceDownError) as caught:
+            await breaker.gate()
+        await asyncio.sleep(1.0)
+        probe = await breaker.gate()
+        probe_at = now()
+        breaker.alive()
+        return held, caught.value, probe_at, probe, await breaker.gate()
+
+    held, new, probe_at, probe, closed_probe = run_virtual(main())
+    failed = [(index, t, error) for index, t, error in held.log if isinstance(error, BaseException)]
+    assert len(failed) >= 4
+    assert {t for _, t, _ in failed} == {30.0}
+    for error in [*(e for _, _, e in failed), new]:
+        assert isinstance(error, ServiceDownError)
+        assert error.last_error is last
+    assert (probe_at, probe, closed_probe) == (31.0, True, False)
+
+
+def test_opening_and_closing_log_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    """One WARNING when the breaker opens (naming the last error), one when it closes."""
+
+    async def main() -> None:
+        breaker = make_breaker(open_after=3)
+        open_breaker(breaker)
+        await asyncio.sleep(2.0)
+        breaker.alive()
+
+    with caplog.at_level(logging.WARNING, logger="batch_dealloc_async.traffic"):
+        run_virtual(main())
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "failed 3 requests in a row" in warnings[0].getMessage()
+    assert "500 InternalError" in warnings[0].getMessage()
+    assert "answers again after 2.0 s" in warnings[1].getMessage()
+
+
+def test_close_leaves_no_timer_task() -> None:
+    """close() on an open breaker with held requests ends its timer task."""
+
+    async def main() -> tuple[bool, set[asyncio.Task[Any]]]:
+        breaker = make_breaker(open_after=3)
+        open_breaker(breaker)
+        held = await hold(breaker, 3)
+        timer = breaker._timer
+        assert timer is not None
+        await breaker.close()
+        left = others() - set(held.tasks)
+        for task in held.tasks:
+            task.cancel()
+        await asyncio.gather(*held.tasks, return_exceptions=True)
+        return timer.done(), left
+
+    assert run_virtual(main()) == (True, set())
+
+
+# -------------------------------------------------------------------------------------------------------- retry budget
+
+
+def make_budget(**options: float) -> RetryBudget:
+    return RetryBudget(asyncio.get_running_loop().time, asyncio.sleep, **options)
+
+
+async def balance_after(options: dict[str, float], *, successes: int, wait: float) -> float:
+    """A new budget's balance after ``successes`` successes and ``wait`` seconds."""
+    budget = make_budget(**options)
+    for _ in range(successes):
+        budget.success()
+    await asyncio.sleep(wait)
+    return budget.balance
+
+
+@pytest.mark.parametrize(("options", "initial"), [({}, 10.0), ({"cap": 30.0}, 3.0)])
+def test_the_budget_starts_with_a_tenth_of_its_cap(options: dict[str, float], initial: float) -> None:
+    """A new budget holds a tenth of its cap: a few retries are allowed before any success."""
+    assert run_virtual(balance_after(options, successes=0, wait=0.0)) == initial
+
+
+@pytest.mark.parametrize(
+    ("options", "successes", "wait", "balance"),
+    [
+        ({"floor": 0.0}, 5, 0.0, 11.0),  # 0.2 a success
+        ({"floor": 0.0, "ratio": 0.5}, 5, 0.0, 12.5),
+        ({"floor": 2.0}, 0, 1.5, 13.0),  # 2 a second
+        ({"floor": 2.0}, 5, 1.5, 14.0),
+        ({"floor": 10.0}, 0, 60.0, 100.0),  # capped
+        ({"floor": 0.0, "cap": 20.0}, 1000, 0.0, 20.0),
+    ],
+)
+def test_successes_and_time_deposit_credit_up_to_the_cap(
+    options: dict[str, float], successes: int, wait: float, balance: float
+) -> None:
+    """Each success deposits ``ratio``, each second ``floor``; the balance never passes ``cap``."""
+    assert run_virtual(balance_after(options, successes=successes, wait=wait)) == pytest.approx(balance)
+
+
+def test_spend_takes_a_credit_or_waits_for_one() -> None:
+    """spend() takes one credit at once while there is one; then waits until the floor has accrued one."""
+
+    async def main() -> tuple[list[float], int]:
+        budget = make_budget(cap=10.0, floor=4.0)  # one credit to start with, one more every 0.25 s
+        times = []
+        for _ in range(4):
+            await budget.spend()
+            times.append(now())
+        return times, budget.waited
+
+    times, waited = run_virtual(main())
+    assert times == pytest.approx([0.0, 0.25, 0.5, 0.75])
+    assert waited == 3
+
+
+def test_spend_uses_deposits_from_successes() -> None:
+    """Five successes at 0.2 each pay for one retry without waiting."""
+
+    async def main() -> tuple[float, int]:
+        budget = make_budget(cap=10.0, floor=1.0)
+        await budget.spend()
+        for _ in range(5):
+            budget.success()
+        await budget.spend()
+        return now(), budget.waited
+
+    assert run_virtual(main()) == (0.0, 0)
+
+
+# ------------------------------------------------------------------------------------------------------------- limiter
+
+
+def make_limiter(max_concurrency: int = 4, **options: Any) -> AdaptiveLimiter:
+    loop = asyncio.get_running_loop()
+    return AdaptiveLimiter(max_concurrency, clock=loop.time, sleep=asyncio.sleep, rng=random.Random(1), **options)
+
+
+def fail_until_open(limiter: AdaptiveLimiter) -> None:
+    for _ in range(8):
+        limiter.feedback(now(), Feedback.FAILED, ERROR)
+    assert limiter.breaker.is_open
+
+
+@pytest.mark.parametrize(
+    ("setup", "stamps"),
+    [
+        ("none", [0.0, 0.0, None]),  # two slots
+        ("paced", [0.0, 0.0, None]),  # 10/s: the catch-up pair, then wait
+        ("open", [None]),  # the breaker holds requests
+    ],
+)
+def test_try_acquire_returns_a_stamp_only_when_a_slot_and_a_turn_are_free(
+    setup: str, stamps: list[float | None]
+) -> None:
+    """try_acquire() gives the send stamp at once, or None when the window, the pacer or the breaker says wait."""
+
+    async def main() -> tuple[list[float | None], int]:
+        limiter = make_limiter(2, max_rate=10.0 if setup == "paced" else None)
+        if setup == "open":
+            fail_until_open(limiter)
+        got = [limiter.try_acquire() for _ in stamps]
+        return got, limiter.in_flight
+
+    got, in_flight = run_virtual(main())
+    assert got == stamps
+    assert in_flight == sum(stamp is not None for stamp in stamps)
+
+
+@pytest.mark.parametrize(
+    ("setup", "retry", "stamp"),
+    [
+        ("window", False, 1.0),  # the slot comes back at 1 s
+        ("pacer", False, 0.1),  # 10/s
+        ("breaker", False, 0.25),  # sent as the first probe
+        ("budget", True, 0.1),  # a retry after a failure waits for a credit (10 a second)
+        ("budget", False, 0.0),  # a first attempt does not
+    ],
+)
+def test_acquire_waits_for_breaker_budget_window_and_pacer(setup: str, retry: bool, stamp: float) -> None:
+    """acquire() returns the send stamp once the breaker, the budget (retries only), a slot and a turn allow."""
+
+    async def main() -> tuple[float, bool]:
+        limiter = make_limiter(1, max_rate=10.0 if setup == "pacer" else None)
+        if setup == "window":
+            limiter.try_acquire()
+            asyncio.get_running_loop().call_later(1.0, limiter.release)
+        elif setup == "pacer":
+            limiter.try_acquire()
+            limiter.release()
+            limiter.try_acquire()
+            limiter.release()
+        elif setup == "breaker":
+            fail_until_open(limiter)
+        else:
+            while limiter.budget.balance >= 1.0:
+                await limiter.budget.spend()
+        sent = await limiter.acquire(retry=retry)
+        return round(sent, 9), limiter.in_flight == 1
+
+    assert run_virtual(main()) == (stamp, True)
+
+
+def test_a_request_that_waited_while_the_breaker_opened_goes_back_to_the_gate() -> None:
+    """Waiting for a slot when the breaker opened, a request is not sent on getting it; it waits to be the probe."""
+
+    async def main() -> list[tuple[str, float, int]]:
+        limiter = make_limiter(1)
+        first = limiter.try_acquire()
+        assert first is not None
+        log: list[tuple[str, float, int]] = []
+
+        async def request(name: str) -> float:
+            sent = await limiter.acquire()
+            log.append((name, now(), limiter.breaker.probes))
+            return sent
+
+        second = spawn(request("second"))
+        third = spawn(request("third"))
+        await settle()
+        fail_until_open(limiter)
+        await asyncio.sleep(0.1)
+        limiter.release()  # the first is done: its slot comes free while the breaker is open
+        sent = await second  # the probe, at 0.25 s
+        await asyncio.sleep(0.05)
+        limiter.feedback(sent, Feedback.OK)  # the probe succeeded: the breaker closes
+        limiter.release()
+        await third
+        limiter.release()
+        return log
+
+    log = run_virtual(main())
+    assert log == [("second", 0.25, 1), ("third", pytest.approx(0.3), 1)]
+
+
+def test_feedback_keeps_the_client_stats_current() -> None:
+    """With a ClientStats, feedback updates its traffic state, outages and probes."""
+
+    async def main() -> list[tuple[str, int, int]]:
+        stats = ClientStats()
+        limiter = make_limiter(4, stats=stats)
+        seen = [(stats.traffic, stats.outages, stats.probes)]
+        fail_until_open(limiter)
+        seen.append((stats.traffic, stats.outages, stats.probes))
+        probe = await limiter.acquire()
+        limiter.feedback(probe, Feedback.FAILED, ERROR)
+        limiter.release()
+        seen.append((stats.traffic, stats.outages, stats.probes))
+        probe = await limiter.acquire()
+        limiter.feedback(probe, Feedback.OTHER)  # a 404 says the service is up
+        limiter.release()
+        seen.append((stats.traffic, stats.outages, stats.probes))
+        return seen
+
+    assert run_virtual(main()) == [("startup", 0, 0), ("failing", 1, 0), ("failing", 1, 1), ("startup", 1, 2)]
+
+
+@pytest.mark.parametrize("max_rate", [None, 20.0])
+def test_not_adaptive_keeps_the_full_window_and_never_paces_but_max_rate_holds(max_rate: float | None) -> None:
+    """adaptive=False: the window stays at max_concurrency, throttling changes nothing; max_rate still paces."""
+
+    async def main() -> tuple[list[float], int, float | None, str]:
+        stats = ClientStats()
+        limiter = make_limiter(8, adaptive=False, max_rate=max_rate, stats=stats)
+        stamps = []
+        for index in range(40):
+            sent = await limiter.acquire()
+            stamps.append(sent)
+            limiter.feedback(sent, Feedback.THROTTLED if index % 2 else Feedback.OK)
+            limiter.release()
+        return stamps, limiter.limit, limiter.rate, stats.traffic
+
+    stamps, limit, rate, traffic = run_virtual(main())
+    assert (limit, rate, traffic) == (8, max_rate, "fixed")
+    if max_rate is None:
+        assert set(stamps) == {0.0}
+    else:
+        assert stamps == pytest.approx([0.0] + [k / max_rate for k in range(39)])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_concurrency": 0},
+        {"max_concurrency": -1},
+        {"max_concurrency": True},
+        {"max_concurrency": 2.0},
+        {"max_rate": 0},
+        {"max_rate": -5.0},
+        {"max_rate": math.nan},
+        {"max_rate": True},
+    ],
+)
+def test_bad_arguments_raise_value_error(options: dict[str, Any]) -> None:
+    """A max_concurrency that is not an int >= 1, or a max_rate that is not a positive number, is a ValueError."""
+    arguments: dict[str, Any] = {"max_concurrency": 4, **options}
+    with pytest.raises(ValueError, match=r"max_concurrency|max_rate"):
+        AdaptiveLimiter(arguments.pop("max_concurrency"), **arguments)
+
+
+def test_close_leaves_no_task() -> None:
+    """close() stops the pacer's and the breaker's timers while requests wait on both."""
+
+    async def main() -> set[asyncio.Task[Any]]:
+        paced = make_limiter(4, max_rate=1.0)
+        failing = make_limiter(4)
+        fail_until_open(failing)
+        waiters = [spawn(paced.acquire()) for _ in range(4)] + [spawn(failing.acquire()) for _ in range(2)]
+        await settle()
+        assert paced._pacer._timer is not None
+        assert failing.breaker._timer is not None
+        await paced.close()
+        await failing.close()
+        left = others() - set(waiters)
+        for task in waiters:
+            task.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        return left
+
+    assert run_virtual(main()) == set()
