@@ -5,7 +5,7 @@ core, runs every contestant in a fresh process pinned to the other, interleaved 
 and writes ``benchmarks/RESULTS.md`` and ``benchmarks/RESULTS.png``. ``--quick`` is the small version CI runs
 (one round, small counts) so the benchmarks never rot; its figures are a smoke test, not a measurement.
 ``--only throughput throttled`` runs just those scenarios and writes to ``benchmarks/out/`` only, never over a
-RESULTS file.
+RESULTS file. ``--suite control`` runs the traffic-control suite instead (``benchmarks/control.py``).
 """
 
 from __future__ import annotations
@@ -158,16 +158,42 @@ def _has_taskset() -> bool:
     return any((Path(d) / "taskset").exists() for d in os.environ.get("PATH", "").split(os.pathsep))
 
 
-def node_ids(emulator: Emulator, pool: str) -> list[str]:
-    """Every node id of the pool, via this library (not measured)."""
+def node_states(emulator: Emulator, pool: str) -> dict[str, str | None]:
+    """Every node of the pool with its state, via this library (not measured)."""
     from batch_dealloc_async import BatchDeallocClient, SharedKeyCredential  # noqa: PLC0415
 
-    async def fetch() -> list[str]:
+    async def fetch() -> dict[str, str | None]:
         credential = SharedKeyCredential(emulator.account, emulator.key)
         async with BatchDeallocClient(emulator.endpoint, credential) as client:
-            return [node.id async for node in client.list_nodes(pool)]
+            return {node.id: node.state async for node in client.list_nodes(pool)}
 
     return asyncio.run(fetch())
+
+
+def node_ids(emulator: Emulator, pool: str) -> list[str]:
+    """Every node id of the pool, via this library (not measured)."""
+    return list(node_states(emulator, pool))
+
+
+@contextlib.contextmanager
+def emulated(pool_size: int, emulator_args: list[str], server: int | None) -> Iterator[tuple[Emulator, list[str]]]:
+    """A fresh emulator with one pool ``bench`` of ``pool_size`` nodes, and their ids."""
+    with Emulator("--pool", f"bench={pool_size}", "--seed", "1", *emulator_args, core=server) as emulator:
+        yield emulator, node_ids(emulator, "bench")
+
+
+def ids_spec(emulator: Emulator, ids: list[str], name: str = "ids.txt") -> dict[str, Any]:
+    """The worker spec's connection part, with ``ids`` written to ``benchmarks/out/<name>`` for the worker."""
+    ids_file = HERE / "out" / name
+    ids_file.parent.mkdir(parents=True, exist_ok=True)
+    ids_file.write_text("\n".join(ids))
+    return {
+        "endpoint": emulator.endpoint,
+        "account": emulator.account,
+        "key": emulator.key,
+        "pool": "bench",
+        "ids_file": str(ids_file),
+    }
 
 
 def worker(spec: dict[str, Any], tree: Path = ROOT) -> dict[str, Any]:
@@ -209,23 +235,9 @@ def one_run(
 ) -> dict[str, Any]:
     """A fresh emulator, the ids, one contestant's run (importing the library from ``tree``), and the
     emulator's counters around it."""
-    with Emulator("--pool", f"bench={pool_size}", "--seed", "1", *emulator_args, core=server) as emulator:
-        ids = node_ids(emulator, "bench")
-        ids_file = ROOT / "benchmarks" / "out" / "ids.txt"
-        ids_file.parent.mkdir(parents=True, exist_ok=True)
-        ids_file.write_text("\n".join(ids))
+    with emulated(pool_size, emulator_args, server) as (emulator, ids):
         before = emulator.stats()
-        result = worker(
-            {
-                **spec,
-                "endpoint": emulator.endpoint,
-                "account": emulator.account,
-                "key": emulator.key,
-                "pool": "bench",
-                "ids_file": str(ids_file),
-            },
-            tree,
-        )
+        result = worker({**spec, **ids_spec(emulator, ids)}, tree)
         result.update(delta(before, emulator.stats()))
     return result
 
@@ -423,23 +435,39 @@ def versions() -> dict[str, str]:
     return found
 
 
+def machine(pinned: bool) -> dict[str, Any]:
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "pinned": pinned,
+    }
+
+
 def fmt(value: float | None, spec: str = ".2f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
 def _header(results: dict[str, Any]) -> Iterator[str]:
-    machine = results["machine"]
     yield "# Benchmark results"
     yield ""
     mode = "quick (CI smoke run: small counts, one round)" if results["quick"] else "full"
     if results["only"]:
         mode += "; only " + ", ".join(results["only"])
+    yield from machine_lines(results, mode)
+    yield ""
+
+
+def machine_lines(results: dict[str, Any], mode: str) -> Iterator[str]:
+    """Date, mode, machine, versions, pinning and command: the first lines of every report."""
+    machine = results["machine"]
     yield f"- Date: {machine['date']}; mode: {mode}"
     yield f"- Machine: {machine['cpus']} CPUs ({machine['processor']}), {machine['platform']}"
     yield f"- Python {machine['python']}; " + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
     yield f"- Client and emulator pinned to one core each: {machine['pinned']}"
     yield f"- Command: `{results['command']}`"
-    yield ""
 
 
 def _throughput_lines(t: dict[str, Any]) -> Iterator[str]:
@@ -583,7 +611,9 @@ def run_scenario(name: str, quick: bool, rounds: int, client: int | None, server
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts, one round (what CI runs)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds per scenario (default 5, quick 1)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="rounds per scenario (default 5, control suite 3, quick 1)"
+    )
     parser.add_argument(
         "--output",
         type=Path,
@@ -597,20 +627,26 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SCENARIO",
         help=f"run only these scenarios ({', '.join(SCENARIOS)}); results go to benchmarks/out/, no RESULTS file",
     )
+    parser.add_argument(
+        "--suite",
+        choices=("default", "control"),
+        default="default",
+        help="default: the scenarios above; control: traffic control (benchmarks/control.py)",
+    )
+    parser.add_argument(
+        "--full-matrix", action="store_true", help="control suite: every token bucket cell (48, a long run)"
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 5)
     selected = [name for name in SCENARIOS if not args.only or name in args.only]
     client, server = cores()
     command = " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)])
+    if args.suite == "control":
+        from benchmarks import control  # noqa: PLC0415 (the control suite only)
+
+        return control.main(args.quick, args.rounds or (1 if args.quick else 3), args.full_matrix, command)
     results: dict[str, Any] = {
-        "machine": {
-            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "pinned": client is not None,
-        },
+        "machine": machine(pinned=client is not None),
         "versions": versions(),
         "quick": args.quick,
         "only": selected if args.only else None,

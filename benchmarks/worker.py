@@ -9,6 +9,10 @@ Latency is per call, the same for every contestant: from the moment the applicat
 (holding one of ``concurrency`` semaphore slots) until it returns, for the same sampled nodes everywhere.
 ``deallocate_nodes`` hands nodes to its own workers, so it has no such moment: its run records no latency,
 and this library's latency comes from the ``calls`` mode (``deallocate_node`` under the same semaphore).
+
+Options of the traffic-control suite (``benchmarks/control.py``): ``max_rate`` (the client's ceiling),
+``start_at`` (epoch seconds: several workers start together) and ``monitor`` (seconds: a ticker beside the run
+records how late it wakes, the loop's lag, and the requests the client has sent so far).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import sys
 import time
 import uuid
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +140,15 @@ async def run_ours(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
     """This library: deallocate_nodes, iter_deallocate_nodes (scale), or deallocate_node per node (calls)."""
     credential = SharedKeyCredential(spec["account"], spec["key"])
     result: dict[str, Any] = {"latencies": []}
+    # Only when asked: benchmarks/ab.py runs this worker against revisions older than max_rate.
+    ceiling = {"max_rate": spec["max_rate"]} if "max_rate" in spec else {}
     async with BatchDeallocClient(
         spec["endpoint"],
         credential,
         max_concurrency=spec["concurrency"],
         adaptive=spec.get("adaptive", True),
         retry=RetryPolicy(),
+        **ceiling,
     ) as client:
         if spec.get("mode") == "iter":
             counts: dict[str, int] = {}
@@ -151,16 +159,58 @@ async def run_ours(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
         elif spec.get("mode") == "calls":
             result.update(await _calls(client, spec, ids))
         else:
-            report = await client.deallocate_nodes(
-                spec["pool"], (n for n in ids), wait=spec.get("wait", False), deadline=spec.get("deadline")
-            )
+            ticker = Ticker(client, spec.get("monitor"))
+            async with asyncio.TaskGroup() as group:
+                ticking = group.create_task(ticker.run())
+                report = await client.deallocate_nodes(
+                    spec["pool"], (n for n in ids), wait=spec.get("wait", False), deadline=spec.get("deadline")
+                )
+                ticking.cancel()
             result["counts"] = report.counts
             result["failed"] = sum(not o.ok for o in report.outcomes)
             result["poll_requests"] = report.poll_requests
             result["poll_rounds"] = report.poll_rounds
+            if "monitor" in spec:  # the control suite's figures (older revisions, run by ab.py, lack some)
+                not_ok = [o for o in report.outcomes if not o.ok]
+                result["outages"] = report.outages
+                result["probes"] = report.probes
+                result["not_ok"] = [o.node_id for o in not_ok]
+                result["errors"] = dict(Counter(f"{o.status.value} {o.error_code}" for o in not_ok))
+                result.update(ticker.summary())
         result["client_requests"] = client.stats.requests
         result["client_throttled"] = client.stats.throttled
     return result
+
+
+class Ticker:
+    """Wakes every ``interval`` seconds beside a run (none: never): how late each wake is, and requests sent."""
+
+    def __init__(self, client: BatchDeallocClient, interval: float | None) -> None:
+        self.client = client
+        self.interval = interval
+        self.lags: list[float] = []
+        self.sent: list[tuple[float, int]] = []  # (seconds since the run started, the client's requests)
+
+    async def run(self) -> None:
+        if self.interval is None:
+            return
+        start = due = time.perf_counter()
+        while True:
+            due += self.interval
+            await asyncio.sleep(self.interval)
+            now = time.perf_counter()
+            self.lags.append(now - due)
+            self.sent.append((round(now - start, 4), self.client.stats.requests))
+            due = now
+
+    def summary(self) -> dict[str, Any]:
+        worst = max(range(len(self.lags)), key=self.lags.__getitem__, default=None)
+        return {
+            "lag_p99": percentile(self.lags, 0.99),
+            "lag_max": None if worst is None else self.lags[worst],
+            "lag_max_at": None if worst is None else self.sent[worst][0],
+            "sent": self.sent,
+        }
 
 
 async def _calls(client: BatchDeallocClient, spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
@@ -235,9 +285,12 @@ def main() -> None:
     ids = Path(spec["ids_file"]).read_text().split()
     if spec.get("count"):
         ids = ids[: spec["count"]]
+    if spec.get("start_at"):  # several workers at once: all imports done, they start together
+        time.sleep(max(0.0, spec["start_at"] - time.time()))
     reset_peak_rss()
     baseline_rss = status_kib("VmRSS")
     before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.time()
     wall = time.perf_counter()
     result = asyncio.run(RUNNERS[spec["contestant"]](spec, ids))
     wall = time.perf_counter() - wall
@@ -251,6 +304,7 @@ def main() -> None:
         p99=percentile(latencies, 0.99),
         peak_rss_growth_mib=max(0, status_kib("VmHWM") - baseline_rss) / 1024,
         library=batch_dealloc_async.__file__,
+        started=started,
     )
     print(json.dumps(result), flush=True)
 
