@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "BatchDeallocClient", "BatchNodesClient"]
 
-DEFAULT_MAX_CONCURRENCY: Final = 64
+DEFAULT_MAX_CONCURRENCY: Final = 512
 DEFAULT_STATES: Final = tuple(sorted(DEALLOCATE.eligible))
 START_DEFAULT_STATES: Final = tuple(sorted(START.eligible))
 
@@ -70,7 +70,9 @@ class BatchDeallocClient:
             the msal-based credentials of this package, or azure-identity's.
         retry: The retry policy of every call.
         max_concurrency: The most requests in flight at once, shared by everything this client sends. The
-            owned connector is sized to it.
+            owned connector is sized to it. Adaptive, it is a ceiling: the window in use is sized from the
+            rate and the round trip seen (twice their product, plus 8), so the default of 512 lets 1,000
+            requests/s through a 300 ms round trip. Fixed, it is the window itself: choose it.
         adaptive: Find the service's rate and pace just under it, telling congestion from noise (default; see
             the README's "Traffic control"), or keep a fixed, unpaced limit of ``max_concurrency``.
         max_rate: A ceiling in requests per second for everything this client sends, so a bulk run leaves room

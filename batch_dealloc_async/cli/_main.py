@@ -96,6 +96,11 @@ def _add_run_arguments(command: argparse.ArgumentParser, verb: str) -> None:
     command.add_argument(
         "--fixed-concurrency", action="store_true", help="do not adapt to throttling (keep --max-concurrency)"
     )
+    command.add_argument(
+        "--max-rate",
+        type=_positive_float,
+        help="at most this many requests per second (leave room in a quota shared with other work)",
+    )
     command.add_argument("--timeout", type=_positive_int, help="service timeOut per request, 1..30 s")
     command.add_argument("--deadline", type=_positive_float, help="seconds for the whole run")
     command.add_argument("--dry-run", action="store_true", help=f"list what would be {_PAST[verb]}; change nothing")
@@ -189,6 +194,8 @@ def _client_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {"adaptive": not args.fixed_concurrency}
     if args.max_concurrency is not None:
         options["max_concurrency"] = args.max_concurrency
+    if args.max_rate is not None:
+        options["max_rate"] = args.max_rate
     return options
 
 

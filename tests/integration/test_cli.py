@@ -278,3 +278,27 @@ async def test_dry_run_jsonl_has_its_own_status(emu) -> None:
     eligible = set(emu.node_ids("pool-b", {"idle", "running"}))
     assert {line["node_id"] for line in lines if line["status"] == "would_deallocate"} == eligible
     assert emu.stats.count("deallocate") == 0
+
+
+async def test_max_rate_is_a_ceiling_on_the_command_line(emu) -> None:
+    """--max-rate R: the run sends no faster than R requests/s (so it takes at least about N/R), and ends well."""
+    eligible = len(emu.node_ids("pool-a", {"idle", "running"}))
+    code, out, err = await run_cli(
+        "deallocate", "--endpoint", emu.endpoint, "--pool", "pool-a", "--all", "--max-rate", "40", "--output", "json",
+        env=env_for(emu),
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["counts"]["accepted"] == eligible
+    assert emu.stats.count("deallocate") == eligible
+    # A ceiling only slows a run down, so this bound holds on any machine, however slow.
+    assert report["elapsed"] >= 0.9 * (eligible - 1) / 40
+
+
+async def test_max_rate_must_be_positive() -> None:
+    """--max-rate 0 is a usage error, before anything is sent."""
+    code, _, err = await run_cli(
+        "deallocate", "--endpoint", "http://127.0.0.1:9", "--pool", "p", "--all", "--max-rate", "0", env=env_for(None)
+    )
+    assert code == 2
+    assert "--max-rate" in err
