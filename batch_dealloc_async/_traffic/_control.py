@@ -262,11 +262,11 @@ class RateControl:
             # whole start with all its early successes.
             self._meter.begin("startup", now)
         rtt = max(rtt, _GROWTH_TIME)
-        last, self._last_growth = self._last_growth, now
         if not self._growing:
-            self._growing = True
+            self._growing, self._last_growth = True, now
             self._set_rate(self.window / rtt, now)  # the opening window's rate over the round trip seen
             return
+        last, self._last_growth = self._last_growth, now
         self._set_rate((self.rate or 0.0) * _GROWTH ** (min(now - last, rtt) / rtt), now)
 
     def _cut(self, phase: Phase, measured: float, now: float) -> None:

@@ -20,7 +20,7 @@ from ._breaker import Breaker
 from ._budget import RetryBudget
 from ._control import RateControl
 from ._meter import Meter
-from ._pacer import Pacer
+from ._pacer import BURST_TIME, Pacer
 from ._window import Window
 
 if TYPE_CHECKING:
@@ -250,8 +250,7 @@ class AdaptiveLimiter:
 
     def _apply(self) -> None:
         control = self.control
-        if control.rate != self._pacer.rate:
-            self._pacer.set_rate(control.rate)
+        self._pacer.set_rate(control.rate, burst=BURST_TIME if control.mode == "startup" else 0.0)
         self._window.limit = control.window
         if control.mode != self._last_mode:
             if control.mode == "cruise" and self._last_mode in {"startup", "probe", "settle"}:

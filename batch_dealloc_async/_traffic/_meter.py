@@ -7,6 +7,7 @@ sent at, however long the answers take.
 
 from __future__ import annotations
 
+import bisect
 import collections
 from typing import Final
 
@@ -96,7 +97,7 @@ class Meter:
 
     def __init__(self, now: float) -> None:
         self._phases: collections.deque[Phase] = collections.deque([Phase("startup", now)], maxlen=_PHASES_KEPT)
-        self._sends: collections.deque[float] = collections.deque(maxlen=_SENDS_KEPT)
+        self._sends: list[float] = []  # ascending (the clock is monotonic): bisected, trimmed in halves
         self.rtt = RoundTrip()
 
     @property
@@ -118,7 +119,10 @@ class Meter:
 
     def sent(self, now: float) -> None:
         """A request left now."""
-        self._sends.append(now)
+        sends = self._sends
+        sends.append(now)
+        if len(sends) > 2 * _SENDS_KEPT:
+            del sends[:_SENDS_KEPT]
         phase = self._phases[-1]
         if now < phase.start and len(self._phases) > 1:
             phase = self._phases[-2]
@@ -129,13 +133,7 @@ class Meter:
 
     def recent_send_rate(self, now: float, span: float) -> float:
         """Requests sent per second over the last ``span`` seconds."""
-        since = now - span
-        count = 0
-        for when in reversed(self._sends):
-            if when < since:
-                break
-            count += 1
-        return count / span
+        return (len(self._sends) - bisect.bisect_left(self._sends, now - span)) / span
 
     def phase_of(self, sent_at: float) -> Phase | None:
         """The phase a request sent at ``sent_at`` belongs to (``None`` when it is older than every phase kept)."""

@@ -1,5 +1,12 @@
 """The pacer: requests leave at most ``rate`` per second, evenly spaced, first come first served.
 
+Evenly, give or take ``burst`` seconds: a request that finds its turn due goes at once, and turns not taken in
+the last ``burst`` seconds (one turn at least) may be taken together. Answers come back in bursts (many in one
+socket read) and so do the requests they free; while the rate is only a ceiling far above what is sent (a
+startup that has met no throttling), spreading each burst out would be a timer wake-up per request for
+nothing: the limiter then gives a few milliseconds of slack (``BURST_TIME``), and none once it paces at a
+measured rate.
+
 Waiting requests queue as futures and one timer releases the head when its turn comes (as aiolimiter does), so
 a new rate applies at once to the whole queue: a cut spaces the waiting requests further apart, a rise lets
 them out sooner. ``rate`` ``None`` is unpaced.
@@ -10,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-__all__ = ["Pacer"]
+__all__ = ["BURST_TIME", "Pacer"]
+
+BURST_TIME: Final = 0.004  # the slack the limiter gives while the rate is a ceiling, not a measured pace
 
 
 class Pacer:
@@ -26,13 +35,14 @@ class Pacer:
         sleep: Awaitable sleep (the timer waits with it).
     """
 
-    __slots__ = ("_clock", "_interval", "_last", "_sleep", "_timer", "_waiters", "rate")
+    __slots__ = ("_clock", "_interval", "_last", "_slack", "_sleep", "_timer", "_waiters", "rate")
 
     def __init__(self, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]) -> None:
         self._clock = clock
         self._sleep = sleep
         self.rate: float | None = None
         self._interval = 0.0
+        self._slack = 0.0  # how far behind the clock the schedule may fall: the turns a burst may take
         self._last = float("-inf")  # when the last request was let out
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._timer: asyncio.Task[None] | None = None
@@ -46,20 +56,23 @@ class Pacer:
         """Requests waiting for their turn."""
         return len(self._waiters)
 
-    def set_rate(self, rate: float | None) -> None:
-        """Pace at ``rate`` from now on (the queue too)."""
-        if rate == self.rate:
+    def set_rate(self, rate: float | None, *, burst: float = 0.0) -> None:
+        """Pace at ``rate`` from now on (the queue too), letting turns of the last ``burst`` seconds go together."""
+        interval = 0.0 if rate is None else 1.0 / rate
+        slack = 0.0 if rate is None else max(1.0, rate * burst) * interval
+        if rate == self.rate and slack == self._slack:
             return
         self.rate = rate
-        self._interval = 0.0 if rate is None else 1.0 / rate
+        self._interval = interval
+        self._slack = slack
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._arm()
 
     def _due(self, now: float) -> float:
-        # A late turn catches up by one interval at most: a pause is not saved up as a burst.
-        return max(self._last + self._interval, now - self._interval) if self._interval else now
+        # The schedule lags the clock by the slack at most: a pause is saved up as a burst that long, no more.
+        return max(self._last + self._interval, now - self._slack) if self._interval else now
 
     def try_slot(self, now: float) -> bool:
         """Take a turn at once if one is due and nobody waits (no coroutine: the common case)."""
@@ -70,7 +83,7 @@ class Pacer:
         due = self._due(now)
         if due > now:
             return False
-        self._last = max(due, now - self._interval)
+        self._last = due
         return True
 
     async def slot(self) -> None:
@@ -109,7 +122,7 @@ class Pacer:
                 waiter = self._waiters.popleft()
                 if waiter.done():
                     continue
-                self._last = max(due, now - self._interval)
+                self._last = due
                 waiter.set_result(None)
         finally:
             if self._timer is asyncio.current_task():

@@ -45,14 +45,15 @@ GAPS: Final[dict[str, tuple[float, float]]] = {
     "bucket R=300 B=30 L=150ms N=3R": (1.45, 1.0),
     "bucket R=300 B=300 L=20ms N=10R": (1.10, 0.11),
     "bucket R=300 B=300 L=50ms N=10R": (1.10, 0.22),
-    "bucket R=300 B=300 L=150ms N=10R": (1.10, 0.22),
+    "bucket R=300 B=300 L=150ms N=10R": (1.15, 0.22),
     "bucket R=300 B=300 L=150ms N=3R": (1.45, 1.0),
     "bucket R=1000 B=100 L=50ms N=10R": (1.20, 0.07),
     "bucket R=1000 B=100 L=50ms N=3R": (1.50, 1.0),
     "bucket R=1000 B=100 L=150ms N=10R": (1.35, 0.06),
-    "bucket R=1000 B=100 L=150ms N=3R": (1.60, 1.0),
+    "bucket R=1000 B=100 L=150ms N=3R": (1.80, 1.0),
     "bucket R=1000 B=1000 L=20ms N=10R": (1.10, 0.10),
     "bucket R=1000 B=1000 L=50ms N=10R": (1.10, 0.09),
+    "bucket R=1000 B=1000 L=150ms N=10R": (1.15, 0.05),
 }
 
 

@@ -228,6 +228,25 @@ def test_queued_requests_leave_one_interval_apart_in_arrival_order(rate: float) 
     assert [t for _, t in log] == pytest.approx([k / rate for k in range(1, 9)])
 
 
+@pytest.mark.parametrize(("burst", "together"), [(0.0, 2), (0.0045, 5), (0.0105, 11)])
+def test_burst_slack_lets_the_turns_of_the_last_few_milliseconds_go_together(burst: float, together: int) -> None:
+    """Slack of ``burst`` s at 1,000/s: an idle pacer lets 1,000 x burst turns (1 at least) and the current go at once.
+
+    After that, requests are spaced again, and a pause saves up no more than the slack.
+    """
+
+    async def main() -> tuple[int, int, int]:
+        pacer = Pacer(asyncio.get_running_loop().time, asyncio.sleep)
+        pacer.set_rate(1000.0, burst=burst)
+        first = sum(pacer.try_slot(now()) for _ in range(100))
+        await asyncio.sleep(0.5)  # a long pause...
+        again = sum(pacer.try_slot(now()) for _ in range(100))  # ...is not saved up beyond the slack
+        await asyncio.sleep(0.0002)  # a fifth of an interval: nothing new is due yet
+        return first, again, sum(pacer.try_slot(now()) for _ in range(100))
+
+    assert run_virtual(main()) == (together, together, 0)
+
+
 @pytest.mark.parametrize(
     ("new_rate", "times"),
     [
