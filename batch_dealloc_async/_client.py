@@ -365,6 +365,10 @@ class BatchDeallocClient:
 
     # ---------------------------------------------------------------------------------------------- bulk
 
+    def _window_in_use(self) -> int:
+        """The slots the limiter lets through now: a bulk run starts workers as this grows."""
+        return self._transport.limiter.limit
+
     def _bulk(
         self,
         action: NodeAction,
@@ -385,6 +389,7 @@ class BatchDeallocClient:
             BulkOperations(self._operations, action, body, service_timeout),
             action,
             slots=self._transport.limiter.max_concurrency,
+            window=self._window_in_use,
             deadline=run_deadline,
             wait=bool(wait),
             wait_timeout=wait_limit,

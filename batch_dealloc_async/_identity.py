@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import msal
-
 from ._auth import AccessToken
 from ._errors import CredentialError
 
@@ -107,6 +105,8 @@ class _ConfidentialClient:
             kwargs: dict[str, Any] = {"authority": self._authority, "client_credential": credential()}
             if http_client is not None:
                 kwargs["http_client"] = http_client
+            import msal  # noqa: PLC0415 (imported by the first token request: a Shared Key user never pays for it)
+
             return msal.ConfidentialClientApplication(client_id, **kwargs)
 
         self._app = _LazyApp(build)
@@ -248,6 +248,8 @@ class ManagedIdentityCredential:
         self.client_id = None if client_id is None else _check_id("client_id", client_id)
 
         def build() -> Any:  # noqa: ANN401 (msal ships no type hints)
+            import msal  # noqa: PLC0415 (imported by the first token request)
+
             identity: Any = (
                 msal.SystemAssignedManagedIdentity()
                 if client_id is None

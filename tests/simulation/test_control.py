@@ -51,6 +51,7 @@ GAPS: Final[dict[str, tuple[float, float]]] = {
     "bucket R=1000 B=100 L=50ms N=3R": (1.50, 1.0),
     "bucket R=1000 B=100 L=150ms N=10R": (1.35, 0.06),
     "bucket R=1000 B=100 L=150ms N=3R": (1.80, 1.0),
+    "bucket R=1000 B=1000 L=0ms N=10R": (1.10, 0.06),
     "bucket R=1000 B=1000 L=20ms N=10R": (1.10, 0.10),
     "bucket R=1000 B=1000 L=50ms N=10R": (1.10, 0.09),
     "bucket R=1000 B=1000 L=150ms N=10R": (1.15, 0.05),

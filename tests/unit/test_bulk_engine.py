@@ -510,3 +510,50 @@ def test_report_counts_what_the_backend_counted(wait: bool) -> None:
     polls = 1 if wait else 0
     assert (report.requests, report.retries, report.throttled) == (3 + 2 + 1 + 1 + polls, 3, 1)
     assert (report.poll_rounds, report.poll_requests) == (polls, polls)
+
+
+def workers_alive() -> int:
+    return sum(task.get_name() == "batch-dealloc-worker" for task in asyncio.all_tasks())
+
+
+@pytest.mark.parametrize(("window", "most"), [(5, 20), (1, 4)])
+def test_workers_follow_the_window_in_use_not_the_ceiling(window: int, most: int) -> None:
+    """With 512 slots of ceiling and a window of ``window``, a run holds four workers per slot in use, no more."""
+    seen: list[int] = []
+
+    class Counting(FakeBackend):
+        async def perform(self, pool_id: str, node_id: str, run: ClientStats) -> DeallocateResult:
+            seen.append(workers_alive())
+            return await super().perform(pool_id, node_id, run)
+
+    backend = Counting(default=Step(delay=0.1))
+    report = run_nodes(backend, ids(300), slots=512, window=lambda: window)
+    assert report.counts["accepted"] == 300
+    assert max(seen) == most
+
+
+def test_workers_grow_with_the_window_and_a_short_input_starts_few() -> None:
+    """The crew grows as the window does (32 at a time), and three ids never start 2,048 workers."""
+    seen: list[int] = []
+    window = [8]
+
+    class Growing(FakeBackend):
+        async def perform(self, pool_id: str, node_id: str, run: ClientStats) -> DeallocateResult:
+            seen.append(workers_alive())
+            window[0] = min(512, window[0] + 1)  # the window grows by a slot per request
+            return await super().perform(pool_id, node_id, run)
+
+    report = run_nodes(Growing(default=Step(delay=0.1)), ids(3000), slots=512, window=lambda: window[0])
+    assert report.counts["accepted"] == 3000
+    assert seen[0] <= 32
+    assert max(seen) == 4 * 512
+
+    short: list[int] = []
+
+    class Short(FakeBackend):
+        async def perform(self, pool_id: str, node_id: str, run: ClientStats) -> DeallocateResult:
+            short.append(workers_alive())
+            return await super().perform(pool_id, node_id, run)
+
+    assert run_nodes(Short(), ids(3), slots=512).counts["accepted"] == 3
+    assert max(short) <= 32
