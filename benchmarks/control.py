@@ -257,6 +257,23 @@ def max_rate_cells(quick: bool) -> list[Cell]:
     ]
 
 
+def start_cells(quick: bool) -> list[Cell]:
+    """Issue 12: the inverse run meets the same targets (every node deallocated; start_nodes)."""
+    rate, burst, ms = (300, 30, 0) if quick else (300, 30, 50)
+    return [
+        Cell(
+            group="start",
+            label=f"start_nodes: R={rate}/s burst {burst} L={ms} ms N=10R",
+            nodes=10 * rate,
+            emulator=("--state-mix", "deallocated=1", *bucket(rate, burst), *latency(ms)),
+            client={"action": "start"},
+            ideal=10.0,
+            targets=(Target("vs_ideal", 1.10, "<= 1.10x"), Target("throttled_share", 0.05, "< 5%"), NOT_LOST),
+            params={"rate": rate, "burst": burst, "latency": ms, "multiple": 10},
+        )
+    ]
+
+
 def lag_cells(quick: bool) -> list[Cell]:
     """7. The event loop's lag beside a run at 1,000 requests/s."""
     nodes = 3000 if quick else 10000
@@ -281,6 +298,7 @@ def all_cells(quick: bool, full_matrix: bool) -> list[Cell]:
         *client_cells(quick),
         *outage_cells(quick),
         *max_rate_cells(quick),
+        *start_cells(quick),
         *lag_cells(quick),
     ]
 
@@ -518,6 +536,10 @@ def _bucket_lines(rows: Entries) -> Iterator[str]:
     yield "emulator's throttled answers / every answer during the run. Nodes lost = nodes not accepted (worst run)."
     yield "Targets: N = 10R: time <= 1.10x the ideal and under 5% throttled; N = 3R: <= 1.25x; no node lost."
     yield ""
+    yield from _bucket_table(rows)
+
+
+def _bucket_table(rows: Entries) -> Iterator[str]:
     yield "| R /s | burst | L ms | N | time | time / ideal | throttled | nodes lost | meets targets |"
     yield "|---|---|---|---|---|---|---|---|---|"
     for cell, s in rows:
@@ -646,6 +668,13 @@ def _cpu_lines(cpu: dict[str, Any]) -> Iterator[str]:
         yield f"| {concurrency} | {c['ours']:.3f} | {c['bare']:.3f} | **{c['ratio']['median']:.2f}x** | {rounds} |"
 
 
+def _start_lines(rows: Entries) -> Iterator[str]:
+    yield "Every node `deallocated`; the client runs `start_nodes` (Start Node, the inverse run) against a bucket, as"
+    yield "in cell 1. Targets as cell 1's N = 10R."
+    yield ""
+    yield from _bucket_table(rows)
+
+
 TITLES = {
     "bucket": "1. Token bucket",
     "noise": "2. Noise: random throttling answers",
@@ -654,6 +683,7 @@ TITLES = {
     "outage": "5. Outages",
     "failing": "5b. A service that keeps failing",
     "max_rate": "6. max_rate",
+    "start": "Start runs (issue 12): the inverse direction",
     "lag": "7. Event loop lag",
 }
 SECTIONS = {
@@ -664,6 +694,7 @@ SECTIONS = {
     "outage": _outage_lines,
     "failing": _failing_lines,
     "max_rate": _max_rate_lines,
+    "start": _start_lines,
     "lag": _lag_lines,
 }
 

@@ -13,6 +13,13 @@ and this library's latency comes from the ``calls`` mode (``deallocate_node`` un
 Options of the traffic-control suite (``benchmarks/control.py``): ``max_rate`` (the client's ceiling),
 ``start_at`` (epoch seconds: several workers start together) and ``monitor`` (seconds: a ticker beside the run
 records how late it wakes, the loop's lag, and the requests the client has sent so far).
+
+Option ``telemetry`` (the tracing scenario of ``benchmarks/run.py``): ``api`` imports opentelemetry-api and sets
+no provider (the library finds the API's proxies: off); ``traces`` gives the client an SDK TracerProvider with the
+ALWAYS_ON sampler and a BatchSpanProcessor feeding an exporter that only counts (so the figure is the cost of
+making, ending and queueing every span, not of an exporter's encoding or network); ``traces+metrics`` adds an SDK
+MeterProvider with an in-memory reader. The SDK is imported and set up before the CPU count starts; the processor's
+final flush (its thread's CPU included) is inside it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import contextlib
 import email.utils
 import hashlib
 import hmac
+import importlib
 import json
 import os
 import resource
@@ -140,8 +148,9 @@ async def run_ours(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
     """This library: deallocate_nodes, iter_deallocate_nodes (scale), or deallocate_node per node (calls)."""
     credential = SharedKeyCredential(spec["account"], spec["key"])
     result: dict[str, Any] = {"latencies": []}
-    # Only when asked: benchmarks/ab.py runs this worker against revisions older than max_rate.
+    # Only when asked: benchmarks/ab.py runs this worker against revisions older than max_rate (and tracing).
     ceiling = {"max_rate": spec["max_rate"]} if "max_rate" in spec else {}
+    telemetry: Telemetry = spec.get("_telemetry") or Telemetry(None)
     async with BatchDeallocClient(
         spec["endpoint"],
         credential,
@@ -149,6 +158,7 @@ async def run_ours(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
         adaptive=spec.get("adaptive", True),
         retry=RetryPolicy(),
         **ceiling,
+        **telemetry.options,
     ) as client:
         if spec.get("mode") == "iter":
             counts: dict[str, int] = {}
@@ -162,7 +172,8 @@ async def run_ours(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
             ticker = Ticker(client, spec.get("monitor"))
             async with asyncio.TaskGroup() as group:
                 ticking = group.create_task(ticker.run())
-                report = await client.deallocate_nodes(
+                run = client.start_nodes if spec.get("action") == "start" else client.deallocate_nodes
+                report = await run(
                     spec["pool"], (n for n in ids), wait=spec.get("wait", False), deadline=spec.get("deadline")
                 )
                 ticking.cancel()
@@ -179,6 +190,7 @@ async def run_ours(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
                 result.update(ticker.summary())
         result["client_requests"] = client.stats.requests
         result["client_throttled"] = client.stats.throttled
+    result.update(telemetry.finish())
     return result
 
 
@@ -279,6 +291,52 @@ async def run_sdk(spec: dict[str, Any], ids: list[str]) -> dict[str, Any]:
 RUNNERS = {"bare": run_bare, "ours": run_ours, "sdk": run_sdk}
 
 
+class Telemetry:
+    """The providers of the ``telemetry`` option, built before the measurement, and what they recorded."""
+
+    def __init__(self, mode: str | None) -> None:
+        self.options: dict[str, Any] = {}
+        self.exported: list[int] = []
+        self._tracer_provider: Any = None
+        self._meter_provider: Any = None
+        if mode is None:
+            return
+        for module in ("opentelemetry.trace", "opentelemetry.metrics"):  # as an application using the API would
+            importlib.import_module(module)
+        if mode == "api":
+            return  # imported, no provider set: the library sees the API's proxies
+        from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult  # noqa: PLC0415
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON  # noqa: PLC0415
+
+        exported = self.exported
+
+        class Counting(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                exported.append(len(spans))
+                return SpanExportResult.SUCCESS
+
+        self._tracer_provider = TracerProvider(sampler=ALWAYS_ON)
+        # A queue deep enough that no span is dropped at 20,000 nodes (each node: its span and its request's).
+        processor = BatchSpanProcessor(Counting(), max_queue_size=1 << 17, max_export_batch_size=512)
+        self._tracer_provider.add_span_processor(processor)
+        self.options["tracer_provider"] = self._tracer_provider
+        if mode == "traces+metrics":
+            from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+            from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: PLC0415
+
+            self._meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+            self.options["meter_provider"] = self._meter_provider
+
+    def finish(self) -> dict[str, Any]:
+        """Flush (the spans still queued are exported now, inside the measurement); the spans exported."""
+        if self._tracer_provider is not None:
+            self._tracer_provider.shutdown()
+        if self._meter_provider is not None:
+            self._meter_provider.shutdown()
+        return {"spans_exported": sum(self.exported)} if self._tracer_provider is not None else {}
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     pin(spec.get("core"))
@@ -287,6 +345,7 @@ def main() -> None:
         ids = ids[: spec["count"]]
     if spec.get("start_at"):  # several workers at once: all imports done, they start together
         time.sleep(max(0.0, spec["start_at"] - time.time()))
+    spec["_telemetry"] = Telemetry(spec.get("telemetry"))  # imports and providers: not measured
     reset_peak_rss()
     baseline_rss = status_kib("VmRSS")
     before = resource.getrusage(resource.RUSAGE_SELF)
