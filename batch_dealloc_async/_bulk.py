@@ -36,6 +36,7 @@ from ._outcomes import BulkReport, ClientStats, NodeOutcome, OutcomeStatus
 from ._request import state_filter, validate_node_id
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from types import TracebackType
 
     from ._actions import NodeAction
@@ -48,6 +49,7 @@ __all__ = [
     "NodeBackend",
     "NodeSource",
     "OutcomeCallback",
+    "RunObserver",
 ]
 
 _log = logging.getLogger(__name__)
@@ -82,6 +84,31 @@ class NodeBackend(Protocol):
     def list_nodes(self, pool_id: str, filter_: str, run: ClientStats) -> AsyncIterator[BatchNode]:
         """The pool's nodes matching ``filter_``, id and state at least, every page."""
         ...
+
+
+class RunObserver(Protocol):
+    """What a run tells the client's telemetry (spans and metrics), when the client records any.
+
+    ``nodes`` is read once per run: when False the run never calls :meth:`node`, so a node costs nothing more.
+    """
+
+    @property
+    def nodes(self) -> bool:
+        """Whether each node's work is wrapped by :meth:`node` (a span per node)."""
+        ...
+
+    def started(self, pool_ids: Sequence[str]) -> None:
+        """The run began on these pools."""
+
+    def node(self, pool_id: str, node_id: str, work: Awaitable[NodeOutcome]) -> Awaitable[NodeOutcome]:
+        """Wrap one node's work (a span of its own); return what ``work`` returns."""
+        ...
+
+    def outcome(self, outcome: NodeOutcome) -> None:
+        """A node's final outcome."""
+
+    def finished(self, counts: Mapping[str, int]) -> None:
+        """The run ended with these counts by status."""
 
 
 _END: Final[Any] = object()  # the input is exhausted (not None: None in the input is a bad id, not the end)
@@ -212,6 +239,7 @@ class BulkRun:
         clock: Monotonic seconds (the client's).
         sleep: Awaitable sleep (the client's).
         client_stats: The client's counters: the report counts the outages and probes of the run from them.
+        observer: The client's telemetry for this run, or ``None`` when it records nothing.
     """
 
     def __init__(
@@ -228,6 +256,7 @@ class BulkRun:
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
         client_stats: ClientStats | None = None,
+        observer: RunObserver | None = None,
     ) -> None:
         self._backend = backend
         self._client_stats = client_stats
@@ -250,21 +279,34 @@ class BulkRun:
         self._started = clock()
         self._deadline_at = None if deadline is None else self._started + deadline
         self._wait_until = self._deadline_at if self._deadline_at is not None else self._started + wait_timeout
+        self._observer = observer
+        self._node_observer = observer if observer is not None and observer.nodes else None
+        # Outcomes by status, for the INFO line and the span at the end (kept only when one of them wants it).
+        self._tally: dict[str, int] | None = {} if observer is not None or _log.isEnabledFor(logging.INFO) else None
 
     # ------------------------------------------------------------------------------------------- entry points
 
     async def nodes(self, pool_id: str, node_ids: NodeSource) -> BulkReport:
         """Act on every node of ``node_ids`` (pulled lazily); with ``wait``, then poll until they are done."""
-        await self._run_nodes(pool_id, node_ids)
+        self._begin([pool_id])
+        try:
+            await self._run_nodes(pool_id, node_ids)
+        finally:
+            self._end()
         return self._report()
 
     async def pools(
         self, pool_ids: Iterable[str], states: tuple[str, ...], on_listed: ListedCallback | None
     ) -> BulkReport:
         """Act on every node of the pools in ``states``; report the others ``skipped``. One TaskGroup, one report."""
-        async with asyncio.TaskGroup() as group:
-            for pool_id in pool_ids:
-                group.create_task(self._run_pool(pool_id, states, on_listed), name=f"batch-dealloc-pool-{pool_id}")
+        pools = list(pool_ids)
+        self._begin(pools)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for pool_id in pools:
+                    group.create_task(self._run_pool(pool_id, states, on_listed), name=f"batch-dealloc-pool-{pool_id}")
+        finally:
+            self._end()
         return self._report()
 
     async def stream(self, pool_id: str, node_ids: NodeSource) -> AsyncGenerator[NodeOutcome]:
@@ -292,6 +334,8 @@ class BulkRun:
             finally:
                 ready.put_nowait(None)
 
+        self._begin([pool_id])
+
         # Not a TaskGroup: a generator must not yield inside one (closing it early would turn GeneratorExit into
         # an exception group). The task is still structured: cancelled and awaited whatever way the loop ends.
         producer = asyncio.create_task(produce(), name="batch-dealloc-iter")
@@ -305,12 +349,48 @@ class BulkRun:
                 producer.cancel()
                 # asyncio.wait never raises the producer's cancellation, and lets a cancellation of this task through.
                 await asyncio.wait([producer])
+            self._end()
 
     # --------------------------------------------------------------------------------------------- outcomes
 
     def elapsed(self) -> float:
         """Seconds since the run began."""
         return self._clock() - self._started
+
+    def _begin(self, pool_ids: list[str]) -> None:
+        _log.info(
+            "bulk %s run started: pool%s %s%s",
+            self._action.verb,
+            "s" if len(pool_ids) > 1 else "",
+            ", ".join(pool_ids),
+            " (waiting for the nodes)" if self._wait else "",
+            extra={"operation": self._action.verb, "pool_ids": pool_ids},
+        )
+        if self._observer is not None:
+            self._observer.started(pool_ids)
+
+    def _end(self) -> None:
+        """The INFO line with the counts, and the counts on the call's span (also when the run was stopped)."""
+        tally = self._tally if self._tally is not None else {}
+        stats = self.stats
+        _log.info(
+            "bulk %s run ended after %.1f s: %s; %d requests, %d retries, %d throttled",
+            self._action.verb,
+            self.elapsed(),
+            ", ".join(f"{count} {status}" for status, count in sorted(tally.items())) or "no nodes",
+            stats.requests,
+            stats.retries,
+            stats.throttled,
+            extra={
+                "operation": self._action.verb,
+                "counts": {str(status): count for status, count in tally.items()},
+                "requests": stats.requests,
+                "retries": stats.retries,
+                "throttled": stats.throttled,
+            },
+        )
+        if self._observer is not None:
+            self._observer.finished(tally)
 
     def _report(self) -> BulkReport:
         stats = self.stats
@@ -330,6 +410,11 @@ class BulkRun:
     async def _deliver(self, outcome: NodeOutcome) -> None:
         if outcome.action != self._action.verb:
             outcome = attrs.evolve(outcome, action=self._action.verb)
+        tally = self._tally
+        if tally is not None:
+            tally[outcome.status] = tally.get(outcome.status, 0) + 1
+            if self._observer is not None:
+                self._observer.outcome(outcome)
         if self._outcomes is not None:
             self._outcomes.append(outcome)
         if self._on_outcome is not None:
@@ -395,18 +480,28 @@ class BulkRun:
         pending: dict[str, NodeOutcome] = {}
         crew = _Crew(pool_id, feed, pending)
         try:
-            async with self._deadline(self._deadline_at), asyncio.TaskGroup() as group:
-                crew.group = group
-                self._grow(crew)
-        except TimeoutError:
-            if not self._deadline_passed():
-                raise  # not our deadline
-            _log.info("bulk run on %s: deadline reached; ending the remaining nodes", pool_id)
-            await self._after_deadline(pool_id, crew.workers, feed)
-        finally:
-            await feed.close()
-        if self._wait and pending:
-            await self._wait_done(pool_id, pending)
+            try:
+                async with self._deadline(self._deadline_at), asyncio.TaskGroup() as group:
+                    crew.group = group
+                    self._grow(crew)
+            except TimeoutError:
+                if not self._deadline_passed():
+                    raise  # not our deadline
+                _log.info("bulk run on %s: deadline reached; ending the remaining nodes", pool_id)
+                await self._after_deadline(pool_id, crew.workers, feed)
+            finally:
+                await feed.close()
+            if self._wait and pending:
+                await self._wait_done(pool_id, pending)
+        except asyncio.CancelledError:
+            await self._accepted_on_cancel(pending)
+            raise
+
+    async def _accepted_on_cancel(self, pending: dict[str, NodeOutcome]) -> None:
+        """The run is cancelled: nodes accepted but still waited for end ``accepted`` (what they are)."""
+        while pending:
+            _, outcome = pending.popitem()
+            await self._deliver(outcome)
 
     def _grow(self, crew: _Crew) -> None:
         """Start workers up to four per slot in use (``_SPAWN_BATCH`` at a time), none once the input has ended.
@@ -436,7 +531,9 @@ class BulkRun:
                 outcome = self._not_attempted(pool_id, node_id, self._stopped)
             else:
                 me.node_id = node_id
-                outcome = await self._one(pool_id, node_id)
+                work = self._one(pool_id, node_id)
+                observer = self._node_observer
+                outcome = await (work if observer is None else observer.node(pool_id, node_id, work))
                 me.node_id = None  # no await between the result and here: cancellation cannot lose it
             if self._wait and outcome.status is OutcomeStatus.ACCEPTED:
                 pending[node_id] = outcome

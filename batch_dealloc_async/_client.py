@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import random
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, Self, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -32,6 +34,7 @@ from ._models import (
 from ._operations import BulkOperations, NodeOperations
 from ._outcomes import BulkReport, ClientStats, NodeOutcome
 from ._retry import RetryPolicy
+from ._telemetry import RunTelemetry, Telemetry, arguments_of
 from ._traffic import AdaptiveLimiter
 from ._transport import Transport
 from ._version import version
@@ -39,8 +42,11 @@ from ._version import version
 if TYPE_CHECKING:
     import os
     import ssl as ssl_module
-    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
     from types import TracebackType
+
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "BatchDeallocClient", "BatchNodesClient"]
 
@@ -49,12 +55,70 @@ DEFAULT_STATES: Final = tuple(sorted(DEALLOCATE.eligible))
 START_DEFAULT_STATES: Final = tuple(sorted(START.eligible))
 
 Option = BatchNodeDeallocateOption | BatchNodeDeallocateOptions | str | None
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class _State(enum.Enum):
     UNOPENED = enum.auto()
     OPENED = enum.auto()
     CLOSED = enum.auto()
+
+
+def _traced(
+    *arguments: str,
+) -> Callable[
+    [Callable[Concatenate[BatchDeallocClient, _P], Awaitable[_T]]],
+    Callable[Concatenate[BatchDeallocClient, _P], Coroutine[Any, Any, _T]],
+]:
+    """A public coroutine method, recorded as a span ``BatchDeallocClient.<name>`` (with ``arguments`` as attributes).
+
+    Off (no provider), a call costs an attribute check and one more frame; see :mod:`._telemetry`.
+    """
+
+    def decorate(
+        method: Callable[Concatenate[BatchDeallocClient, _P], Awaitable[_T]],
+    ) -> Callable[Concatenate[BatchDeallocClient, _P], Coroutine[Any, Any, _T]]:
+        name = f"BatchDeallocClient.{method.__name__}"
+        pick = arguments_of(method, arguments)
+
+        @functools.wraps(method)
+        async def traced(self: BatchDeallocClient, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+            telemetry = self._telemetry
+            if not (telemetry.on or telemetry.look()):
+                return await method(self, *args, **kwargs)
+            return await telemetry.call(name, pick(args, kwargs), method(self, *args, **kwargs))
+
+        return traced
+
+    return decorate
+
+
+def _traced_stream(
+    *arguments: str,
+) -> Callable[
+    [Callable[Concatenate[BatchDeallocClient, _P], AsyncIterator[_T]]],
+    Callable[Concatenate[BatchDeallocClient, _P], AsyncIterator[_T]],
+]:
+    """:func:`_traced` for a public async generator: the span lasts from the first item to the end of iteration."""
+
+    def decorate(
+        method: Callable[Concatenate[BatchDeallocClient, _P], AsyncIterator[_T]],
+    ) -> Callable[Concatenate[BatchDeallocClient, _P], AsyncIterator[_T]]:
+        name = f"BatchDeallocClient.{method.__name__}"
+        pick = arguments_of(method, arguments)
+
+        @functools.wraps(method)
+        def traced(self: BatchDeallocClient, /, *args: _P.args, **kwargs: _P.kwargs) -> AsyncIterator[_T]:
+            items = method(self, *args, **kwargs)
+            telemetry = self._telemetry
+            if not (telemetry.on or telemetry.look()) or telemetry.current() is not None:
+                return items
+            return telemetry.stream(name, pick(args, kwargs), items)
+
+        return traced
+
+    return decorate
 
 
 class BatchDeallocClient:
@@ -88,13 +152,26 @@ class BatchDeallocClient:
         rng: Source of backoff jitter (seed it to replay a run).
         exchange: What sends each HTTP request, instead of the aiohttp session (for tests and simulations;
             see :class:`Exchange`). ``session`` and ``ssl`` are then unused.
+        tracer_provider: An OpenTelemetry ``TracerProvider`` for this client's spans (default: the global one, once
+            the application has set one). See the README's "Observability".
+        meter_provider: An OpenTelemetry ``MeterProvider`` for this client's metrics (default: the global one).
 
     Raises:
         ValueError: a bad endpoint, api-version or limit.
         TypeError: a credential that is neither a Shared Key nor a token credential.
     """
 
-    __slots__ = ("_aiohttp", "_clock", "_endpoint", "_operations", "_sleep", "_state", "_transport", "stats")
+    __slots__ = (
+        "_aiohttp",
+        "_clock",
+        "_endpoint",
+        "_operations",
+        "_sleep",
+        "_state",
+        "_telemetry",
+        "_transport",
+        "stats",
+    )
 
     def __init__(
         self,
@@ -114,6 +191,8 @@ class BatchDeallocClient:
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         exchange: Exchange | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self._endpoint = rq.validate_endpoint(endpoint)
         api_version = rq.validate_api_version(api_version)
@@ -125,6 +204,14 @@ class BatchDeallocClient:
         self.stats = ClientStats()
         limiter = AdaptiveLimiter(
             max_concurrency, adaptive=adaptive, max_rate=max_rate, clock=clock, sleep=sleep, rng=rng, stats=self.stats
+        )
+        self._telemetry = Telemetry(
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            host=self._endpoint.host,
+            port=urlsplit(self._endpoint.base).port or (443 if self._endpoint.scheme == "https" else 80),
+            clock=clock,
+            limiter=limiter,
         )
         self._aiohttp = AiohttpExchange(session, limit=max_concurrency, ssl=ssl, netloc=self._endpoint.netloc)
         library = f"batch-dealloc-async/{version()} aiohttp/{aiohttp.__version__}"
@@ -139,6 +226,7 @@ class BatchDeallocClient:
             sleep=sleep,
             wall_clock=wall_clock,
             rng=rng,
+            telemetry=self._telemetry,
         )
         self._operations = NodeOperations(self._transport, rq.RequestFactory(self._endpoint, api_version))
         self._clock = clock
@@ -174,6 +262,7 @@ class BatchDeallocClient:
         if self._state is not _State.UNOPENED:
             raise RuntimeError("a BatchDeallocClient cannot be reopened; create a new one")
         await self._transport.open()
+        self._telemetry.look()  # the providers, as the application has configured them by now
         self._state = _State.OPENED
         return self
 
@@ -196,6 +285,7 @@ class BatchDeallocClient:
 
     # ----------------------------------------------------------------------------------------- one node
 
+    @_traced("pool_id", "node_id")
     async def deallocate_node(
         self,
         pool_id: str,
@@ -239,6 +329,7 @@ class BatchDeallocClient:
         assert isinstance(result, DeallocateResult)  # noqa: S101 (the action's result class)
         return result
 
+    @_traced("pool_id", "node_id")
     async def start_node(
         self,
         pool_id: str,
@@ -309,6 +400,7 @@ class BatchDeallocClient:
             ocp_date=None if ocp_date is None else ocp_date.timestamp(),
         )
 
+    @_traced("pool_id", "node_id")
     async def get_node(
         self, pool_id: str, node_id: str, *, select: Iterable[str] | None = ("id", "state"), timeout: int | None = None
     ) -> BatchNode:
@@ -325,6 +417,7 @@ class BatchDeallocClient:
         self._check_open()
         return await self._operations.get_node(pool_id, node_id, select=selected, service_timeout=service_timeout)
 
+    @_traced_stream("pool_id")
     async def list_nodes(
         self,
         pool_id: str,
@@ -385,6 +478,7 @@ class BatchDeallocClient:
         run_deadline = rq.validate_deadline(deadline)
         wait_limit = rq.validate_deadline(wait_timeout, "wait_timeout") or DEFAULT_WAIT_TIMEOUT
         self._check_open()
+        scope = self._telemetry.current() if self._telemetry.on else None
         return BulkRun(
             BulkOperations(self._operations, action, body, service_timeout),
             action,
@@ -397,8 +491,10 @@ class BatchDeallocClient:
             clock=self._clock,
             sleep=self._sleep,
             client_stats=self.stats,
+            observer=None if scope is None else RunTelemetry(scope, action.verb),
         )
 
+    @_traced()
     async def deallocate_nodes(
         self,
         pool_id: str,
@@ -444,6 +540,7 @@ class BatchDeallocClient:
         )
         return await run.nodes(_checked_nodes(pool_id, node_ids), node_ids)
 
+    @_traced()
     async def start_nodes(
         self,
         pool_id: str,
@@ -469,6 +566,7 @@ class BatchDeallocClient:
         )
         return await run.nodes(_checked_nodes(pool_id, node_ids), node_ids)
 
+    @_traced_stream()
     async def iter_deallocate_nodes(
         self,
         pool_id: str,
@@ -491,6 +589,7 @@ class BatchDeallocClient:
             async for outcome in outcomes:
                 yield outcome
 
+    @_traced_stream()
     async def iter_start_nodes(
         self,
         pool_id: str,
@@ -525,6 +624,7 @@ class BatchDeallocClient:
         )
         return run.stream(checked, node_ids)
 
+    @_traced()
     async def deallocate_pool(
         self,
         pool_id: str,
@@ -563,6 +663,7 @@ class BatchDeallocClient:
             wait_timeout=wait_timeout,
         )
 
+    @_traced()
     async def deallocate_pools(
         self,
         pool_ids: Iterable[str],
@@ -594,6 +695,7 @@ class BatchDeallocClient:
         )
         return await run.pools(pools, wanted, on_listed)
 
+    @_traced()
     async def start_pool(
         self,
         pool_id: str,
@@ -625,6 +727,7 @@ class BatchDeallocClient:
             wait_timeout=wait_timeout,
         )
 
+    @_traced()
     async def start_pools(
         self,
         pool_ids: Iterable[str],

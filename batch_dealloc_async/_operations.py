@@ -97,9 +97,18 @@ class NodeOperations:
         )
         try:
             node, reply = await self._get(pool_id, node_id, run=call.run)
-        except BatchDeallocError:
+        except BatchDeallocError as exc:
+            _log.debug("%s: the node's state could not be read (%s); the 409 stands", call.what, exc)
+            if call.trace is not None:
+                call.trace.event("reconciliation", {"batch.reconciled": False, "error.type": type(exc).__name__})
             raise conflict from None
-        if node.state not in action.confirming:
+        reconciled = node.state in action.confirming
+        _log.debug(
+            "%s: the node is %s; the earlier attempt %s", call.what, node.state, "worked" if reconciled else "did not"
+        )
+        if call.trace is not None:
+            call.trace.event("reconciliation", {"batch.reconciled": reconciled, "batch.node.state": node.state or ""})
+        if not reconciled:
             raise conflict
         return reply
 

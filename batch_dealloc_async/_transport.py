@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from . import _request as rq
 from ._errors import (
@@ -37,11 +37,39 @@ if TYPE_CHECKING:
     from ._http import Exchange, Reply
     from ._outcomes import ClientStats
     from ._retry import RetryPolicy
+    from ._telemetry import Scope, Telemetry
     from ._traffic import AdaptiveLimiter
 
-__all__ = ["Call", "Transport"]
+__all__ = ["LOGGED_HEADERS", "Call", "Transport", "loggable_headers"]
 
 _log = logging.getLogger(__name__)
+
+# Response headers whose values a log line may show (azure-core's HttpLoggingPolicy keeps such an allow-list); any
+# other header is named with its value redacted. No request header is ever logged (Authorization is one).
+LOGGED_HEADERS: Final = frozenset(
+    {
+        "client-request-id",
+        "content-length",
+        "content-type",
+        "date",
+        "dataserviceversion",
+        "etag",
+        "last-modified",
+        "request-id",
+        "retry-after",
+        "retry-after-ms",
+        "server",
+        "x-ms-retry-after-ms",
+    }
+)
+
+
+def loggable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """``headers`` for a log line: values of :data:`LOGGED_HEADERS` as they are (cut short), others ``REDACTED``."""
+    return {
+        name: value[:128] if name.lower() in LOGGED_HEADERS else "REDACTED"
+        for name, value in list(headers.items())[:32]
+    }
 
 
 class Call:
@@ -65,6 +93,7 @@ class Call:
         "ocp_date",
         "refreshed",
         "run",
+        "trace",
         "what",
     )
 
@@ -87,6 +116,7 @@ class Call:
         self.refreshed = False  # a refusal already made the authorizer resend once
         self.failed = False  # the last attempt failed (5xx, no answer): the next one is a retry on the budget
         self.credential: str | None = None  # what the last attempt was authorized with (a token to drop if refused)
+        self.trace: Scope | None = None  # the public call's telemetry scope, when the client records any
 
     def failed_exchange(self, exc: ExchangeError) -> BatchTransportError:
         """Our error for an exchange that gave no usable answer; one that may have been sent is ambiguous."""
@@ -133,6 +163,7 @@ class Transport:
         sleep: Awaitable sleep (backoff).
         wall_clock: Epoch seconds (``ocp-date``, Retry-After dates).
         rng: Jitter.
+        telemetry: The client's telemetry (its spans and metrics of each attempt).
     """
 
     __slots__ = (
@@ -143,6 +174,7 @@ class Transport:
         "_exchange",
         "_rng",
         "_sleep",
+        "_telemetry",
         "_user_agent",
         "_wall_clock",
         "limiter",
@@ -163,6 +195,7 @@ class Transport:
         sleep: Callable[[float], Awaitable[None]],
         wall_clock: Callable[[], float],
         rng: random.Random,
+        telemetry: Telemetry,
     ) -> None:
         self._exchange = exchange
         self._authorizer = authorizer
@@ -174,6 +207,7 @@ class Transport:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._rng = rng
+        self._telemetry = telemetry
         self._date_second = -1
         self._date_text = ""
 
@@ -205,6 +239,8 @@ class Transport:
         """
         policy = self.policy
         per_attempt = float(service_timeout or rq.MAX_SERVICE_TIMEOUT) + policy.timeout_margin
+        if self._telemetry.on:
+            call.trace = self._telemetry.current()
         return call_with_retries(
             lambda remaining: self._attempt(request, call, expected, per_attempt, remaining),
             policy=policy,
@@ -249,7 +285,13 @@ class Transport:
             self._count(call)
             headers = self._headers(request, call)
             call.credential = await self._authorizer.authorize(request, headers)
-            reply = await self._exchange(
+            trace = call.trace
+            exchange = (
+                self._exchange
+                if trace is None
+                else trace.attempt(self._exchange, call.client_request_id, call.attempts - 1)
+            )
+            reply = await exchange(
                 request.method,
                 request.url,
                 headers,
@@ -260,10 +302,12 @@ class Transport:
             )
             if reply.status != expected:
                 raise self._service_error(reply, call)
-        except ThrottledError:
+        except ThrottledError as exc:
             self.stats.throttled += 1
             if call.run is not None:
                 call.run.throttled += 1
+            if call.trace is not None:
+                call.trace.throttled(exc.status, exc.retry_after)
             call.failed = False
             limiter.feedback(sent_at, Feedback.THROTTLED)
             raise
@@ -276,6 +320,13 @@ class Transport:
             raise
         except ExchangeError as exc:
             error = call.failed_exchange(exc)
+            _log.debug(
+                "%s: no answer to attempt %d (%s; client-request-id %s)",
+                call.what,
+                call.attempts,
+                exc.detail,
+                call.client_request_id,
+            )
             call.failed = True
             limiter.feedback(sent_at, Feedback.FAILED, error)
             raise error from exc
@@ -353,6 +404,16 @@ class Transport:
         cls = service_error_class(reply.status, code, has_retry_after=retry_after is not None)
         if cls is ServerError:
             call.ambiguous = True  # a 5xx that is not throttling may come after the service acted
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug(
+                "%s: %d on attempt %d (request-id %s, client-request-id %s); headers %s",
+                call.what,
+                reply.status,
+                call.attempts,
+                rq.header(headers, "request-id"),
+                call.client_request_id,
+                loggable_headers(headers),
+            )
         return cls(
             status=reply.status,
             error=error,

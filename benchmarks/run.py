@@ -314,6 +314,51 @@ def throughput(
     return {"count": count, "rounds": rounds, "results": summary, "ratios": ratios}
 
 
+TRACING_CONTESTANTS = {
+    "bare aiohttp loop": {"contestant": "bare"},
+    "ours, OpenTelemetry not in use": {"contestant": "ours"},
+    "ours, API imported, no provider (off)": {"contestant": "ours", "telemetry": "api"},
+    "ours, tracing on (ALWAYS_ON)": {"contestant": "ours", "telemetry": "traces"},
+    "ours, tracing and metrics on": {"contestant": "ours", "telemetry": "traces+metrics"},
+}
+
+
+def tracing(
+    quick: bool,
+    rounds: int,
+    client: int | None,
+    server: int | None,
+) -> dict[str, Any]:
+    """The cost of OpenTelemetry: CPU per 1,000 deallocations (deallocate_nodes), off and on, beside the bare loop.
+
+    Every round runs each contestant once against a fresh emulator, in an order rotated each round; the ratios to
+    the bare loop are taken within a round. Tracing on: an SDK TracerProvider, ALWAYS_ON, a BatchSpanProcessor and
+    an exporter that only counts (``benchmarks/worker.py``), so the figure is the spans' own cost.
+    """
+    count = 2000 if quick else 20000
+    names = list(TRACING_CONTESTANTS)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for number in range(rounds):
+        order = names[number % len(names) :] + names[: number % len(names)]
+        for name in order:
+            spec = throughput_spec(client, **TRACING_CONTESTANTS[name])
+            result = one_run(count, THROUGHPUT_EMULATOR, spec, server)
+            runs[name].append(result)
+            print(f"  tracing {name}: {cpu_per_1000(result):.3f} CPU s/1000", flush=True)
+    bare = runs[names[0]]
+    summary = {
+        name: {
+            "cpu_per_1000": median([cpu_per_1000(r) for r in results]),
+            "requests_per_s": median([r["nodes"] / r["wall"] for r in results]),
+            "vs_bare": spread([cpu_per_1000(r) / cpu_per_1000(b) for r, b in zip(results, bare, strict=True)]),
+            "spans_exported": results[-1].get("spans_exported"),
+            "failed": max(r["failed"] for r in results),
+        }
+        for name, results in runs.items()
+    }
+    return {"count": count, "rounds": rounds, "results": summary}
+
+
 def throttled(
     quick: bool,
     rounds: int,
@@ -429,7 +474,18 @@ def ceiling(
 
 def versions() -> dict[str, str]:
     found = {}
-    for name in ("batch-dealloc-async", "aiohttp", "tenacity", "attrs", "cattrs", "msal", "azure-batch", "azure-core"):
+    for name in (
+        "batch-dealloc-async",
+        "aiohttp",
+        "tenacity",
+        "attrs",
+        "cattrs",
+        "msal",
+        "azure-batch",
+        "azure-core",
+        "opentelemetry-api",
+        "opentelemetry-sdk",
+    ):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[name] = importlib.metadata.version(name)
     return found
@@ -501,6 +557,31 @@ def _throughput_lines(t: dict[str, Any]) -> Iterator[str]:
     yield ""
 
 
+def _tracing_lines(tr: dict[str, Any]) -> Iterator[str]:
+    yield (
+        f"## OpenTelemetry: {tr['count']} deallocations (deallocate_nodes), concurrency 64, median of {tr['rounds']} "
+        "rotated rounds"
+    )
+    yield ""
+    yield "| contestant | CPU s / 1,000 | / bare loop (median of rounds) | requests/s | spans exported | nodes lost |"
+    yield "|---|---|---|---|---|---|"
+    for name, r in tr["results"].items():
+        spans = "-" if r["spans_exported"] is None else str(r["spans_exported"])
+        yield (
+            f"| {name} | {fmt(r['cpu_per_1000'], '.3f')} | {r['vs_bare']['median']:.2f}x | "
+            f"{fmt(r['requests_per_s'], '.0f')} | {spans} | {r['failed']} |"
+        )
+    yield ""
+    yield (
+        "Off (target: within 1.3x of the bare loop) is the library as an application without OpenTelemetry, or with "
+        "the API but no provider, runs it. On: an SDK TracerProvider with the ALWAYS_ON sampler, a BatchSpanProcessor "
+        "and an exporter that only counts, so the figure is the cost of the spans themselves (two per node: the "
+        "node's and its request's), not an exporter's encoding or network; metrics add an SDK MeterProvider with an "
+        "in-memory reader."
+    )
+    yield ""
+
+
 def _throttled_lines(th: dict[str, Any]) -> Iterator[str]:
     yield (
         f"## Throttled account: {th['count']} nodes, emulator limited to {th['rate']} requests/s (burst 30), "
@@ -549,6 +630,7 @@ def _ceiling_lines(c: dict[str, Any]) -> Iterator[str]:
 
 SECTIONS = {
     "throughput": _throughput_lines,
+    "tracing": _tracing_lines,
     "throttled": _throttled_lines,
     "waiting": _waiting_lines,
     "scale": _scale_lines,
@@ -596,12 +678,14 @@ def chart(results: dict[str, Any], path: Path) -> bool:
 
 
 # Run order: the ceiling first, so a slow emulator shows before everything measured against it.
-SCENARIOS = ("ceiling", "throughput", "throttled", "waiting", "scale")
+SCENARIOS = ("ceiling", "throughput", "tracing", "throttled", "waiting", "scale")
 
 
 def run_scenario(name: str, quick: bool, rounds: int, client: int | None, server: int | None) -> dict[str, Any]:
     if name == "throughput":
         return throughput(quick, rounds, client, server)
+    if name == "tracing":
+        return tracing(quick, rounds, client, server)
     if name == "throttled":
         return throttled(quick, rounds, client, server)
     runner = {"ceiling": ceiling, "waiting": waiting, "scale": scale}[name]

@@ -43,11 +43,11 @@ The rules it demonstrates:
    this one keeps every run in memory.
 
 What a cancelled run reports: every outcome delivered before the cancellation (the library calls
-``on_outcome`` once per node, as soon as the node's outcome is final, and never loses one to a cancellation).
+``on_outcome`` once per node, as soon as the node's outcome is final, and never loses one to a cancellation;
+with ``wait``, nodes accepted but not yet seen deallocated are delivered ``accepted`` as the run is cancelled).
 The other nodes have no outcome: ``unfinished`` counts them (for a node list, ``unfinished_nodes`` names
 them). They are not reported ``not_attempted``, because some of them may have had a request in flight that
-the service carried out; and with ``wait``, nodes already accepted but not yet seen deallocated are among
-them too (the library gives an outcome only once it is final).
+the service carried out.
 """
 
 from __future__ import annotations

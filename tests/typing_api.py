@@ -49,4 +49,17 @@ async def with_tokens() -> None:
             _ = (result.attempts, result.last_modified)
 
 
+async def with_opentelemetry() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415 (the test extra's SDK)
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+
+    key = SharedKeyCredential("acct", "a2V5")
+    endpoint = "https://acct.westus.batch.azure.com"
+    async with BatchDeallocClient(
+        endpoint, key, tracer_provider=TracerProvider(), meter_provider=MeterProvider()
+    ) as client:
+        report = await client.deallocate_pool("pool")
+        _ = report.counts
+
+
 asyncio.run(single_node())

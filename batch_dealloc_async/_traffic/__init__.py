@@ -4,6 +4,6 @@ Six small parts, each testable alone (as botocore's ``retries/``): the window, t
 the rate controller, the circuit breaker and the retry budget; :class:`AdaptiveLimiter` joins them.
 """
 
-from ._limiter import AdaptiveLimiter, Feedback
+from ._limiter import AdaptiveLimiter, Feedback, TrafficObserver
 
-__all__ = ["AdaptiveLimiter", "Feedback"]
+__all__ = ["AdaptiveLimiter", "Feedback", "TrafficObserver"]

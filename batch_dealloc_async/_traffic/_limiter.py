@@ -14,7 +14,7 @@ import enum
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ._breaker import Breaker
 from ._budget import RetryBudget
@@ -24,11 +24,11 @@ from ._pacer import BURST_TIME, Pacer
 from ._window import Window
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from .._outcomes import ClientStats
 
-__all__ = ["AdaptiveLimiter", "Feedback"]
+__all__ = ["AdaptiveLimiter", "Feedback", "TrafficObserver"]
 
 _log = logging.getLogger("batch_dealloc_async.traffic")
 
@@ -46,6 +46,16 @@ class Feedback(enum.Enum):
     """Answered, but not a success (a 4xx such as 404 or 409): the service is up and did the work of answering."""
 
 
+class TrafficObserver(Protocol):
+    """Told of the limiter's changes (the client's telemetry). Both run on the loop, inside a request's feedback."""
+
+    def traffic_event(self, name: str, attributes: Mapping[str, str | int | float]) -> None:
+        """A state change: ``traffic.state``, ``traffic.rate_cut``, ``traffic.breaker_open`` or ``_closed``."""
+
+    def traffic_limits(self, limit: int, rate: float | None) -> None:
+        """The window or the rate moved (or may have)."""
+
+
 class AdaptiveLimiter:
     """The client's traffic control: a breaker, a concurrency window, a pacer, and the controller that sets them.
 
@@ -60,10 +70,15 @@ class AdaptiveLimiter:
         min_rate: The rate is never cut below this many requests per second.
         breaker_give_up: Seconds the service may fail everything before waiting calls fail (``ServiceDownError``).
         stats: Counters to keep current: ``traffic`` (the state), ``outages`` and ``probes``.
+
+    Attributes:
+        observer: Told of every change of state, window and rate (the client sets it when it records telemetry;
+            ``None``: nobody is told, and it costs nothing).
     """
 
     __slots__ = (
         "_clock",
+        "_cuts",
         "_last_mode",
         "_meter",
         "_pacer",
@@ -72,6 +87,7 @@ class AdaptiveLimiter:
         "breaker",
         "budget",
         "control",
+        "observer",
         "stats",
         "throttle_events",
     )
@@ -114,6 +130,8 @@ class AdaptiveLimiter:
         self.budget = RetryBudget(clock, sleep)
         self.throttle_events = 0
         self._last_mode = self.control.mode
+        self._cuts = 0
+        self.observer: TrafficObserver | None = None
         self.stats = stats
         if stats is not None:
             stats.traffic = self.state
@@ -220,7 +238,18 @@ class AdaptiveLimiter:
 
     def feedback(self, sent_at: float, kind: Feedback, error: BaseException | None = None) -> None:
         """What the answer to a request sent at ``sent_at`` (its :meth:`acquire` stamp) said."""
-        self._record(sent_at, kind, error)
+        observer = self.observer
+        if observer is None:
+            self._record(sent_at, kind, error)
+        else:
+            breaker = self.breaker
+            was_open, down_for = breaker.is_open, breaker.open_for()
+            self._record(sent_at, kind, error)
+            if breaker.is_open and not was_open:
+                failed = "none" if error is None else type(error).__name__
+                observer.traffic_event("traffic.breaker_open", {"traffic.last_error": failed})
+            elif was_open and not breaker.is_open:
+                observer.traffic_event("traffic.breaker_closed", {"traffic.outage_seconds": round(down_for, 3)})
         stats = self.stats
         if stats is not None:
             breaker = self.breaker
@@ -250,10 +279,40 @@ class AdaptiveLimiter:
 
     def _apply(self) -> None:
         control = self.control
+        before = self._pacer.rate
         self._pacer.set_rate(control.rate, burst=BURST_TIME if control.mode == "startup" else 0.0)
         self._window.limit = control.window
-        if control.mode != self._last_mode:
-            if control.mode == "cruise" and self._last_mode in {"startup", "probe", "settle"}:
-                level = logging.INFO if self._last_mode == "startup" else logging.DEBUG
-                _log.log(level, "traffic: %s -> cruise at %.1f requests/s", self._last_mode, control.rate or 0.0)
-            self._last_mode = control.mode
+        mode, last = control.mode, self._last_mode
+        # A cut: the controller saw congestion, or a cruise was nudged down (throttled a little above the noise).
+        cut = control.cuts != self._cuts or (
+            mode == last == "cruise" and before is not None and (control.rate or 0.0) < before
+        )
+        if mode != last or cut:
+            self._last_mode, self._cuts = mode, control.cuts
+            self._changed(last, before, cut=cut)
+        observer = self.observer
+        if observer is not None:
+            observer.traffic_limits(self._window.limit, self._pacer.rate)
+
+    def _changed(self, last: str, before: float | None, *, cut: bool) -> None:
+        """A change of mode, or a rate cut: logged at INFO, and told to the observer."""
+        mode, rate = self.control.mode, self.control.rate or 0.0
+        extra = {"state_before": last, "state": mode, "rate": round(rate, 3), "window": self._window.limit}
+        if cut:
+            extra["rate_before"] = round(before or 0.0, 3)
+            _log.info(
+                "traffic: %s -> %s; rate cut %.1f -> %.1f requests/s", last, mode, before or 0.0, rate, extra=extra
+            )
+        else:
+            _log.info("traffic: %s -> %s at %.1f requests/s", last, mode, rate, extra=extra)
+        observer = self.observer
+        if observer is not None:
+            attributes: dict[str, str | int | float] = {
+                "traffic.state.before": last,
+                "traffic.state": mode,
+                "traffic.rate": round(rate, 3),
+                "traffic.window": self._window.limit,
+            }
+            if cut:
+                attributes["traffic.rate.before"] = round(before or 0.0, 3)
+            observer.traffic_event("traffic.rate_cut" if cut else "traffic.state", attributes)

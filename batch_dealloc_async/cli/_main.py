@@ -30,6 +30,7 @@ from ..emulator import add_arguments as add_emulator_arguments
 from ._auth import UsageError, credential_from
 from ._exit import EXIT_AUTH, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, exit_code
 from ._output import make_progress, print_dry_run, print_report, print_states, showing, write_jsonl
+from ._telemetry import add_telemetry_arguments, configure_logging, exporting, logs_json
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deallocate (and start again) Azure Batch compute nodes: one, many, or whole pools.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    add_telemetry_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     dealloc = commands.add_parser(
@@ -219,7 +221,8 @@ async def _act(
             await _dry_run(client, args, node_ids)
             return None
         total = len(node_ids) if node_ids is not None else None
-        display = make_progress(client.stats, total, quiet=args.quiet, wait=args.wait, verb=verb)
+        quiet = args.quiet or args.log_format == "json"  # stderr carries JSON lines only
+        display = make_progress(client.stats, total, quiet=quiet, wait=args.wait, verb=verb)
         async with showing(display) as progress:
             run.progress_outcome = progress.outcome
             options = _run_options(args)
@@ -321,11 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``batch-dealloc``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args)
     try:
-        return _dispatch(args)
+        with exporting(args.otel):
+            return _dispatch(args)
     except (UsageError, ValueError) as exc:
         _fail(f"error: {exc}", debug=args.debug)
         return EXIT_USAGE
@@ -341,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(message: str, *, debug: bool) -> None:
     """The one-line error, and with ``--debug`` the traceback (printed while the exception is being handled)."""
+    if logs_json():  # stderr carries JSON lines only: the error is one record more
+        logging.getLogger("batch_dealloc_async.cli").error(message, exc_info=debug)
+        return
     print(f"batch-dealloc: {message}", file=sys.stderr)
     if debug:
         traceback.print_exc()

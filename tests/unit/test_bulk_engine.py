@@ -557,3 +557,22 @@ def test_workers_grow_with_the_window_and_a_short_input_starts_few() -> None:
 
     assert run_nodes(Short(), ids(3), slots=512).counts["accepted"] == 3
     assert max(short) <= 32
+
+
+def test_cancelling_a_wait_delivers_the_accepted_nodes_as_accepted() -> None:
+    """Cancelled while waiting for nodes to show deallocated: every accepted node still reaches on_outcome."""
+    delivered: list[NodeOutcome] = []
+
+    async def main() -> None:
+        backend = FakeBackend({POOL: dict.fromkeys(ids(20), "idle")}, default=Step(done_after=None))
+        run = make_run(backend, slots=4, wait=True, on_outcome=delivered.append)
+        task = asyncio.ensure_future(run.nodes(POOL, ids(20)))
+        await asyncio.sleep(5.0)  # every node accepted long ago; the wait polls on
+        assert delivered == []
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    run_virtual(main(), start=START)
+    assert sorted(o.node_id for o in delivered) == sorted(ids(20))
+    assert {o.status for o in delivered} == {S.ACCEPTED}
