@@ -326,10 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     out = HERE / "out"
     out.mkdir(exist_ok=True)
     text = table(results)
-    (out / f"web{suffix}.md").write_text(text)
+    report = out / "web.quick.md" if args.quick else HERE / "RESULTS.web.md"  # a full run is published
+    report.write_text(text)
     (out / f"web{suffix}.json").write_text(json.dumps(results, indent=2))
     print(text)
-    print(f"written: {out / f'web{suffix}.md'}, {out / f'web{suffix}.json'}")
+    print(f"written: {report}, {out / f'web{suffix}.json'}")
     missed = [name for name, s in results["summary"].items() if not s["all_done"]]
     if missed:
         print(f"error: runs that did not end done in {missed}", file=sys.stderr)

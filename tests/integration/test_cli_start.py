@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import sys
 from collections import Counter
 
 import pytest
 
 from batch_dealloc_async.emulator import BatchEmulator
-
-CLI = [sys.executable, "-m", "batch_dealloc_async"]
+from tests.integration.test_cli import env_for, run_cli
 
 MIX = {"deallocated": 0.5, "idle": 0.25, "running": 0.1, "offline": 0.1, "starttaskfailed": 0.05}
-
-
-def env_for(emu: BatchEmulator | None) -> dict[str, str]:
-    """The environment without Azure or Batch variables, with the emulator's account when given (as test_cli.py)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "BATCH_"))}
-    if emu is not None:
-        env["BATCH_ACCOUNT_NAME"] = emu.account_name
-        env["BATCH_ACCOUNT_KEY"] = emu.account_key
-    return env
-
-
-async def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *CLI, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
 
 
 @pytest.fixture
