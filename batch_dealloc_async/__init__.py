@@ -6,6 +6,7 @@ The public API is what ``__all__`` lists; every module behind it is private.
 from ._actions import DEALLOCATE_STATES, START_STATES
 from ._auth import AccessToken, AccessTokenLike, AsyncTokenCredentialLike, SharedKeyCredential
 from ._client import BatchDeallocClient, BatchNodesClient
+from ._environment import credential_from_environment
 from ._errors import (
     AuthenticationError,
     BatchDeallocError,
@@ -91,4 +92,5 @@ __all__ = [
     "SharedKeyCredential",
     "StartResult",
     "ThrottledError",
+    "credential_from_environment",
 ]

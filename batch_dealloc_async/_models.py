@@ -125,7 +125,22 @@ class BatchNodeListResult:
 
 
 @attrs.frozen(kw_only=True)
-class DeallocateResult:
+class _AcceptedResult:
+    """The fields of an accepted node action's result (each action has its own class, so neither equals the other)."""
+
+    pool_id: str
+    node_id: str
+    request_id: str | None
+    client_request_id: str
+    etag: str | None = None
+    last_modified: datetime | None = None
+    data_service_id: str | None = None
+    attempts: int = 1
+    reconciled: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class DeallocateResult(_AcceptedResult):
     """What the service answered when it accepted a Deallocate Node request.
 
     Attributes:
@@ -142,41 +157,15 @@ class DeallocateResult:
             from that Get Node response.
     """
 
-    pool_id: str
-    node_id: str
-    request_id: str | None
-    client_request_id: str
-    etag: str | None = None
-    last_modified: datetime | None = None
-    data_service_id: str | None = None
-    attempts: int = 1
-    reconciled: bool = False
-
 
 @attrs.frozen(kw_only=True)
-class StartResult:
-    """What the service answered when it accepted a Start Node request (the fields of :class:`DeallocateResult`).
+class StartResult(_AcceptedResult):
+    """What the service answered when it accepted a Start Node request.
 
     Attributes:
-        pool_id: The pool of the node.
-        node_id: The node.
-        request_id: The service's ``request-id`` of the accepted attempt (quote it in support cases).
-        client_request_id: The ``client-request-id`` sent on every attempt of this call.
-        etag: The ``ETag`` response header.
-        last_modified: The ``Last-Modified`` response header as an aware UTC datetime.
-        data_service_id: The ``DataServiceId`` response header.
-        attempts: How many requests this call sent (1 when the first attempt was accepted).
         reconciled: True when an ambiguous attempt (timeout, reset, 5xx) was followed by a ``409`` and a
             Get Node found the node starting, waiting for its start task, idle or running; the header fields
             then come from that Get Node response.
-    """
 
-    pool_id: str
-    node_id: str
-    request_id: str | None
-    client_request_id: str
-    etag: str | None = None
-    last_modified: datetime | None = None
-    data_service_id: str | None = None
-    attempts: int = 1
-    reconciled: bool = False
+    The other attributes are those of :class:`DeallocateResult`, with the same meanings.
+    """

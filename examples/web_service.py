@@ -73,12 +73,10 @@ from batch_dealloc_async import (
     AsyncTokenCredentialLike,
     BatchDeallocClient,
     BulkReport,
-    CertificateCredential,
-    ClientSecretCredential,
-    ManagedIdentityCredential,
     NodeOutcome,
     OutcomeStatus,
     SharedKeyCredential,
+    credential_from_environment,
 )
 
 if TYPE_CHECKING:
@@ -91,7 +89,6 @@ __all__ = [
     "Run",
     "RunSpec",
     "Runs",
-    "credential_from_environment",
     "main",
     "make_app",
     "serving",
@@ -589,37 +586,6 @@ async def serving(app: web.Application, host: str = "127.0.0.1", port: int = 0) 
 # ---------------------------------------------------------------------------------------- the command line
 
 
-def credential_from_environment(
-    environ: Mapping[str, str], *, managed_identity: bool = False
-) -> SharedKeyCredential | AsyncTokenCredentialLike:
-    """The credential from the environment names the CLI reads, in its order.
-
-    Managed identity when asked, then Shared Key, then a service principal's secret, then its certificate.
-
-    Raises:
-        ValueError: nothing usable is set.
-    """
-    if managed_identity:
-        return ManagedIdentityCredential(client_id=environ.get("AZURE_CLIENT_ID") or None)
-    name, key = environ.get("BATCH_ACCOUNT_NAME"), environ.get("BATCH_ACCOUNT_KEY")
-    if name and key:
-        return SharedKeyCredential(name, key)
-    tenant, client_id = environ.get("AZURE_TENANT_ID"), environ.get("AZURE_CLIENT_ID")
-    if tenant and client_id and environ.get("AZURE_CLIENT_SECRET"):
-        return ClientSecretCredential(tenant, client_id, environ["AZURE_CLIENT_SECRET"])
-    if tenant and client_id and environ.get("AZURE_CLIENT_CERTIFICATE_PATH"):
-        return CertificateCredential(
-            tenant,
-            client_id,
-            certificate_path=environ["AZURE_CLIENT_CERTIFICATE_PATH"],
-            password=environ.get("AZURE_CLIENT_CERTIFICATE_PASSWORD") or None,
-        )
-    raise ValueError(
-        "no credentials: set BATCH_ACCOUNT_NAME and BATCH_ACCOUNT_KEY, or AZURE_TENANT_ID, AZURE_CLIENT_ID and "
-        "AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH, or pass --managed-identity"
-    )
-
-
 def _banner(url: str, detail: str) -> str:
     return "\n".join(
         [
@@ -683,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not endpoint:
             parser.error("give --endpoint or set BATCH_ENDPOINT (or use --emulator)")
         try:
-            credential = credential_from_environment(os.environ, managed_identity=args.managed_identity)
+            credential = credential_from_environment(managed_identity=args.managed_identity)
             app = make_app(endpoint, credential, max_concurrency=args.max_concurrency, max_rate=args.max_rate)
         except ValueError as exc:
             parser.error(str(exc))

@@ -13,6 +13,7 @@ from batch_dealloc_async import (
     DeallocateResult,
     RetryPolicy,
     SharedKeyCredential,
+    credential_from_environment,
 )
 
 
@@ -47,6 +48,13 @@ async def with_tokens() -> None:
         async with BatchDeallocClient("https://acct.westus.batch.azure.com", credential) as client:
             result = await client.deallocate_node("pool", "node")
             _ = (result.attempts, result.last_modified)
+
+
+async def from_the_environment() -> None:
+    credential = credential_from_environment({"BATCH_ACCOUNT_NAME": "acct", "BATCH_ACCOUNT_KEY": "a2V5"})
+    async with BatchDeallocClient("https://acct.westus.batch.azure.com", credential) as client:
+        report = await client.start_pool("pool", wait=True)
+        _ = report.counts
 
 
 async def with_opentelemetry() -> None:

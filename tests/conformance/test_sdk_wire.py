@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
-from aiohttp import web
 
 from batch_dealloc_async import BatchDeallocClient, SharedKeyCredential
+from tests.conformance.capture import Captured, capture_server
 from tests.conftest import REFERENCE_ACCOUNT, REFERENCE_KEY
 
 azure_batch = pytest.importorskip("azure.batch", reason="the official SDK comes with the 'test' extra")
@@ -22,50 +22,13 @@ from azure.batch import models as sdk_models  # noqa: E402
 from azure.batch.aio import BatchClient  # noqa: E402
 from azure.core.credentials import AzureNamedKeyCredential  # noqa: E402
 
-PROTOCOL_HEADERS = {
-    "authorization",
-    "client-request-id",
-    "content-length",
-    "content-type",
-    "ocp-date",
-    "return-client-request-id",
-}
 DATE = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
-
-
-class Captured:
-    def __init__(self, request: web.Request, body: bytes) -> None:
-        self.method = request.method
-        self.raw_path = request.raw_path
-        self.headers = {k.lower(): v for k, v in request.headers.items()}
-        self.body = body
-
-    @property
-    def protocol_headers(self) -> set[str]:
-        return set(self.headers) & PROTOCOL_HEADERS
 
 
 @pytest.fixture
 async def capture() -> AsyncIterator[tuple[str, list[Captured]]]:
-    seen: list[Captured] = []
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        seen.append(Captured(request, await request.read()))
-        if request.method == "GET":  # the SDK's poller: report the node deallocated at once
-            return web.json_response({"id": request.match_info["node"], "state": "deallocated"})
-        echo = {"client-request-id": request.headers.get("client-request-id", "")}
-        return web.Response(status=202, headers={"request-id": "r", **echo})
-
-    app = web.Application()
-    app.router.add_route("*", "/pools/{pool}/nodes/{node}/deallocate", handler)
-    app.router.add_route("GET", "/pools/{pool}/nodes/{node}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", seen
-    await runner.cleanup()
+    async for served in capture_server("deallocate", "deallocated"):
+        yield served
 
 
 async def sdk_deallocate(endpoint: str, pool: str, node: str, option: str, timeout: int | None) -> None:

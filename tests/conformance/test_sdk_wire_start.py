@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from urllib.parse import unquote
 
 import pytest
-from aiohttp import web
 
 from batch_dealloc_async import BatchDeallocClient, SharedKeyCredential, StartResult
+from tests.conformance.capture import Captured, capture_server
 from tests.conftest import REFERENCE_ACCOUNT, REFERENCE_KEY
 
 azure_batch = pytest.importorskip("azure.batch", reason="the official SDK comes with the 'test' extra")
@@ -25,22 +25,16 @@ azure_batch = pytest.importorskip("azure.batch", reason="the official SDK comes 
 from azure.batch.aio import BatchClient  # noqa: E402
 from azure.core.credentials import AzureNamedKeyCredential  # noqa: E402
 
-PROTOCOL_HEADERS = {"authorization", "client-request-id", "content-length", "ocp-date", "return-client-request-id"}
+START_HEADERS = {  # no body, so no Content-Type
+    "authorization",
+    "client-request-id",
+    "content-length",
+    "ocp-date",
+    "return-client-request-id",
+}
 DATE = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 # Ids needing encoding (sub-delimiters left out, as in test_sdk_wire.py: yarl decodes them again on the wire).
 IDS = [("pool1", "tvmps_abc_d"), ("pool1", "tvm-1695681911_1-20161122t193202z"), ("pool-ü%", "node%3F#x?.ü")]
-
-
-class Captured:
-    def __init__(self, request: web.Request, body: bytes) -> None:
-        self.method = request.method
-        self.raw_path = request.raw_path
-        self.headers = {k.lower(): v for k, v in request.headers.items()}
-        self.body = body
-
-    @property
-    def protocol_headers(self) -> set[str]:
-        return set(self.headers) & (PROTOCOL_HEADERS | {"content-type"})
 
 
 def signature(captured: Captured, *, lowercase: bool) -> str:
@@ -64,25 +58,8 @@ def signature(captured: Captured, *, lowercase: bool) -> str:
 
 @pytest.fixture
 async def capture() -> AsyncIterator[tuple[str, list[Captured]]]:
-    seen: list[Captured] = []
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        seen.append(Captured(request, await request.read()))
-        if request.method == "GET":  # the SDK's poller: report the node idle at once
-            return web.json_response({"id": request.match_info["node"], "state": "idle"})
-        echo = {"client-request-id": request.headers.get("client-request-id", "")}
-        return web.Response(status=202, headers={"request-id": "r", **echo})
-
-    app = web.Application()
-    app.router.add_route("*", "/pools/{pool}/nodes/{node}/start", handler)
-    app.router.add_route("GET", "/pools/{pool}/nodes/{node}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", seen
-    await runner.cleanup()
+    async for served in capture_server("start", "idle"):
+        yield served
 
 
 async def sdk_start(endpoint: str, pool: str, node: str, timeout: int | None) -> None:
@@ -118,7 +95,7 @@ async def test_same_request_as_the_sdk(capture, pool, node, timeout, query) -> N
     assert "content-type" not in mine.headers
     assert "content-type" not in sdk.headers
     assert mine.headers["content-length"] == sdk.headers["content-length"] == "0"
-    assert mine.protocol_headers == sdk.protocol_headers == PROTOCOL_HEADERS
+    assert mine.protocol_headers == sdk.protocol_headers == START_HEADERS
     assert mine.headers["ocp-date"] == sdk.headers["ocp-date"] == "Sun, 01 Jun 2025 12:00:00 GMT"
     assert mine.headers["return-client-request-id"] == sdk.headers["return-client-request-id"] == "true"
 

@@ -18,9 +18,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from batch_dealloc_async import DEALLOCATE_STATES, ClientSecretCredential, SharedKeyCredential
+from batch_dealloc_async import (
+    DEALLOCATE_STATES,
+)
 from batch_dealloc_async.emulator import BatchEmulator, FaultConfig
-from examples.web_service import CLIENT, RUNS, credential_from_environment, make_app, serving
+from examples.web_service import CLIENT, RUNS, make_app, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL_SIZE = 60
@@ -444,16 +446,6 @@ async def test_shutdown_with_a_run_in_flight_is_clean(emu: BatchEmulator, gate: 
     assert app[CLIENT].session is not None
     assert app[CLIENT].session.closed
     assert our_tasks() == []
-
-
-def test_credential_from_environment_reads_what_the_cli_reads() -> None:
-    """Shared Key first, then a client secret; nothing usable is a ValueError."""
-    shared = credential_from_environment({"BATCH_ACCOUNT_NAME": "acct", "BATCH_ACCOUNT_KEY": "a2V5"})
-    secret = credential_from_environment({"AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c", "AZURE_CLIENT_SECRET": "s"})
-    assert isinstance(shared, SharedKeyCredential)
-    assert isinstance(secret, ClientSecretCredential)
-    with pytest.raises(ValueError, match="no credentials"):
-        credential_from_environment({"BATCH_ACCOUNT_NAME": "acct"})
 
 
 async def test_command_line_with_the_emulator() -> None:

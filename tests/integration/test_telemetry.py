@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import secrets
 import subprocess
 import sys
@@ -12,11 +11,6 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from batch_dealloc_async import (
@@ -28,6 +22,7 @@ from batch_dealloc_async import (
     SharedKeyCredential,
 )
 from batch_dealloc_async.emulator import BatchEmulator
+from tests.otel_recorder import Recorder
 from tests.reliability.test_secrets import CLIENT_SECRET, KEY, TOKEN_PREFIX, PlantedTokens, leaks
 from tests.unit.test_identity import CLIENT, TENANT, FakeIdentityProvider
 
@@ -35,40 +30,12 @@ ROOT: Final = Path(__file__).resolve().parents[2]
 FAST_RETRY: Final = RetryPolicy(backoff_base=0.01, backoff_cap=0.05, max_retry_after=0.2, max_attempts=3)
 
 
-class Recorded:
-    """SDK providers with an in-memory exporter and reader, and everything they hold as text."""
-
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-
-    def texts(self) -> list[str]:
-        """Every span name, attribute, event, status description and metric attribute, as text."""
-        found: list[str] = []
-        for span in self.exporter.get_finished_spans():
-            found += [span.name, span.status.description or "", json.dumps(dict(span.attributes or {}), default=str)]
-            found += [f"{e.name} {json.dumps(dict(e.attributes or {}), default=str)}" for e in span.events]
-        data = self.reader.get_metrics_data()
-        for resource in data.resource_metrics if data is not None else []:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    found += [json.dumps(dict(p.attributes or {}), default=str) for p in metric.data.data_points]
-        return found
-
-    def shutdown(self) -> None:
-        self.tracer_provider.shutdown()
-        self.meter_provider.shutdown()
-
-
 async def test_a_bulk_run_over_real_sockets_has_the_spans_of_its_requests() -> None:
     """Deallocate a pool and wait: listings, polls and node actions are CLIENT spans with the emulator's address."""
-    recorded = Recorded()
+    recorded = Recorder()
     async with BatchEmulator(pools={"p": 20}, seed=5, deallocate_delay=0.2) as emu:
         port = urlsplit(emu.endpoint).port
-        options = {"tracer_provider": recorded.tracer_provider, "meter_provider": recorded.meter_provider}
+        options = recorded.providers()
         async with BatchDeallocClient(emu.endpoint, emu.credential(), retry=FAST_RETRY, **options) as client:
             report = await client.deallocate_pool("p", wait=True, deadline=30)
     recorded.shutdown()
@@ -95,8 +62,8 @@ async def test_a_bulk_run_over_real_sockets_has_the_spans_of_its_requests() -> N
 
 async def test_no_planted_secret_in_any_span_event_or_metric() -> None:
     """Keys, a refused key, refreshed tokens and a refused client secret: no secret in any recorded attribute."""
-    recorded = Recorded()
-    options = {"tracer_provider": recorded.tracer_provider, "meter_provider": recorded.meter_provider}
+    recorded = Recorder()
+    options = recorded.providers()
     async with BatchEmulator(pools={"p": 12, "q": 5}, seed=3, account_key=KEY, deallocate_delay=0.1) as emu:
         key_credential = SharedKeyCredential(emu.account_name, KEY)
         async with BatchDeallocClient(emu.endpoint, key_credential, retry=FAST_RETRY, **options) as client:

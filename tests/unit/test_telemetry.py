@@ -19,15 +19,12 @@ from typing import Any, Final
 
 import pytest
 from opentelemetry.metrics import NoOpMeterProvider
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
 
 from batch_dealloc_async import BatchDeallocClient, ExchangeError, NotFoundError, OutcomeStatus, SharedKeyCredential
 from tests.conftest import ENDPOINT, REFERENCE_ACCOUNT, REFERENCE_KEY
+from tests.otel_recorder import Recorder
 from tests.simulation.service import Outage, ServiceModel, SimExchange, SimService
 from tests.unit.fake_batch import FakeBatch, error_body
 from tests.virtual_time import run_virtual
@@ -36,47 +33,6 @@ HOST: Final = "myaccount.westus.batch.azure.com"
 ROOT: Final = Path(__file__).resolve().parents[2]
 POOL: Final = {"n1": "idle", "n2": "running", "n3": "idle", "n4": "deallocated"}
 CONFLICT: Final = (409, {}, error_body("OperationInvalidForCurrentState"))
-
-
-class Recorder:
-    """SDK providers of one test, with an in-memory span exporter and metric reader."""
-
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-
-    def providers(self) -> dict[str, Any]:
-        return {"tracer_provider": self.tracer_provider, "meter_provider": self.meter_provider}
-
-    def spans(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
-
-    def named(self, name: str) -> list[ReadableSpan]:
-        return [s for s in self.spans() if s.name == name]
-
-    def children(self, parent: ReadableSpan) -> list[ReadableSpan]:
-        assert parent.context is not None
-        return [s for s in self.spans() if s.parent is not None and s.parent.span_id == parent.context.span_id]
-
-    def points(self, name: str) -> list[tuple[dict[str, Any], Any]]:
-        """``(attributes, value)`` of every data point of metric ``name`` (a histogram's value is its count)."""
-        data = self.reader.get_metrics_data()
-        found = []
-        for resource in data.resource_metrics if data is not None else []:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    if metric.name == name:
-                        for point in metric.data.data_points:
-                            value = getattr(point, "count", None) if hasattr(point, "bucket_counts") else point.value
-                            found.append((dict(point.attributes or {}), value))
-        return found
-
-    def shutdown(self) -> None:
-        self.tracer_provider.shutdown()
-        self.meter_provider.shutdown()
 
 
 @pytest.fixture
