@@ -18,7 +18,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sized,
+)
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeAlias
 
 import attrs
@@ -111,6 +120,11 @@ class RunObserver(Protocol):
         """The run ended with these counts by status."""
 
 
+def _ignore(nodes: int) -> None:
+    """No one listens to the backlog."""
+    del nodes
+
+
 _END: Final[Any] = object()  # the input is exhausted (not None: None in the input is a bad id, not the end)
 
 
@@ -171,13 +185,14 @@ class _Worker:
 class _Crew:
     """The workers of one pool's run, started as the window grows (:meth:`BulkRun._grow`)."""
 
-    __slots__ = ("feed", "group", "pending", "pool_id", "workers")
+    __slots__ = ("feed", "group", "left", "pending", "pool_id", "workers")
 
     def __init__(self, pool_id: str, feed: _Feed, pending: dict[str, NodeOutcome]) -> None:
         self.pool_id = pool_id
         self.feed = feed
         self.pending = pending
         self.workers: list[_Worker] = []
+        self.left = 0  # nodes of a sized input not finished yet (told to ``backlog``)
         self.group: asyncio.TaskGroup | None = None
 
 
@@ -240,6 +255,8 @@ class BulkRun:
         sleep: Awaitable sleep (the client's).
         client_stats: The client's counters: the report counts the outages and probes of the run from them.
         observer: The client's telemetry for this run, or ``None`` when it records nothing.
+        backlog: Told how many nodes are added to (positive) or leave (negative) the work still to do, when the
+            input's size is known (traffic control does not probe for more rate when the work is nearly done).
     """
 
     def __init__(
@@ -257,8 +274,10 @@ class BulkRun:
         sleep: Callable[[float], Awaitable[None]],
         client_stats: ClientStats | None = None,
         observer: RunObserver | None = None,
+        backlog: Callable[[int], None] | None = None,
     ) -> None:
         self._backend = backend
+        self._backlog = backlog if backlog is not None else _ignore
         self._client_stats = client_stats
         self._outages_before = client_stats.outages if client_stats is not None else 0
         self._probes_before = client_stats.probes if client_stats is not None else 0
@@ -479,6 +498,9 @@ class BulkRun:
         feed = _Feed(node_ids)
         pending: dict[str, NodeOutcome] = {}
         crew = _Crew(pool_id, feed, pending)
+        if isinstance(node_ids, Sized):
+            crew.left = len(node_ids)
+            self._backlog(crew.left)
         try:
             try:
                 async with self._deadline(self._deadline_at), asyncio.TaskGroup() as group:
@@ -496,6 +518,10 @@ class BulkRun:
         except asyncio.CancelledError:
             await self._accepted_on_cancel(pending)
             raise
+        finally:
+            if crew.left:
+                self._backlog(-crew.left)
+                crew.left = 0
 
     async def _accepted_on_cancel(self, pending: dict[str, NodeOutcome]) -> None:
         """The run is cancelled: nodes accepted but still waited for end ``accepted`` (what they are)."""
@@ -535,6 +561,9 @@ class BulkRun:
                 observer = self._node_observer
                 outcome = await (work if observer is None else observer.node(pool_id, node_id, work))
                 me.node_id = None  # no await between the result and here: cancellation cannot lose it
+            if crew.left:
+                crew.left -= 1
+                self._backlog(-1)
             if self._wait and outcome.status is OutcomeStatus.ACCEPTED:
                 pending[node_id] = outcome
             else:

@@ -492,6 +492,7 @@ class BatchDeallocClient:
             sleep=self._sleep,
             client_stats=self.stats,
             observer=None if scope is None else RunTelemetry(scope, action.verb),
+            backlog=self._transport.limiter.expect,
         )
 
     @_traced()

@@ -5,6 +5,8 @@ errors, timeouts) with no answer from a live service between them, it opens: req
 sent, and one probe at a time goes out, the first after ``first_probe`` seconds, then at intervals doubling up to
 ``max_probe``. Any answer that shows the service alive (a success, a 4xx, even a throttle) closes it, and every
 request waiting goes at once; so does every retry sleeping out a backoff. Requests that wait use up no attempt.
+When no request waits at the gate (every one failed and its retry sleeps), one sleeping retry is woken at the
+probe time to be the probe.
 
 Once it has been open ``give_up`` seconds the service is down: the waiting requests, and any that would wait,
 fail with :class:`~.._errors.ServiceDownError` (probes still go out now and then, so the breaker still closes
@@ -62,6 +64,7 @@ class Breaker:
         "_probe_at",
         "_sleep",
         "_sleepers",
+        "_summoned",
         "_timer",
         "last_error",
         "opened",
@@ -91,6 +94,7 @@ class Breaker:
         self._probe_at: float | None = None  # when the probe out now was let go
         self._gate: collections.deque[asyncio.Future[bool]] = collections.deque()  # requests held
         self._sleepers: list[asyncio.Future[None]] = []  # retries sleeping out a backoff while open
+        self._summoned: float | None = None  # when a sleeping retry was woken to be the probe (none was held)
         self._timer: asyncio.Task[None] | None = None
         self.last_error: BaseException | None = None
         self.opened = 0  # times it opened
@@ -135,6 +139,7 @@ class Breaker:
         _log.warning("the service answers again after %.1f s; resuming", self._clock() - self._opened_at)
         self._opened_at = None
         self._probe_at = None
+        self._summoned = None
         self._release(None)
 
     def _open(self, now: float, error: BaseException | None) -> None:
@@ -143,6 +148,7 @@ class Breaker:
         self._interval = self._first_probe
         self._next_probe = now + self._interval
         self._probe_at = None
+        self._summoned = None
         _log.warning(
             "the service failed %d requests in a row (last: %s); holding requests and probing",
             self._failures,
@@ -189,6 +195,7 @@ class Breaker:
         now = self._clock()
         if self._probe_due(now):
             self._probe_at = now
+            self._summoned = None
             self.probes += 1
             return True
         down = self._down(now)
@@ -241,21 +248,37 @@ class Breaker:
                 if down is not None:
                     self._release(down)
                     return
-                if self._gate and self._probe_due(now):
-                    waiter = self._gate.popleft()
-                    if not waiter.done():
-                        self._probe_at = now
-                        self.probes += 1
-                        waiter.set_result(True)
+                if self._probe_due(now) and self._let_probe_go(now):
                     continue
                 give_up_at = self._opened_at + self._give_up
                 wake = give_up_at if self._probe_at is not None else min(self._next_probe, give_up_at)
                 if self._probe_at is not None:
                     wake = min(wake, self._probe_at + _PROBE_LOST)
+                elif self._summoned is not None:
+                    wake = min(give_up_at, self._summoned + _PROBE_LOST)  # the woken retry takes the probe itself
                 await self._sleep(max(wake - now, 0.001))
         finally:
             if self._timer is asyncio.current_task():
                 self._timer = None
+
+    def _let_probe_go(self, now: float) -> bool:
+        """A probe is due: let the first held request go as the probe; True when something was woken."""
+        if self._gate:
+            waiter = self._gate.popleft()
+            if not waiter.done():
+                self._probe_at = now
+                self.probes += 1
+                waiter.set_result(True)
+            return True
+        if self._summoned is None or now - self._summoned > _PROBE_LOST:
+            # Nothing is held, only retries sleep (every node failed its first attempt): wake one, which comes to the
+            # gate and goes as the probe. Else nobody would probe until the give-up time.
+            sleeper = self._sleepers.pop(0)
+            if not sleeper.done():
+                self._summoned = now
+                sleeper.set_result(None)
+            return True
+        return False
 
     async def close(self) -> None:
         """Stop the timer (the client is closing)."""

@@ -5,18 +5,27 @@ The sending rate is the control; the rate successes arrive at while the service 
 Modes:
 
 * ``startup``: the rate doubles every round trip (never faster than every ``_GROWTH_TIME``) until the service
-  throttles more than noise explains; then it is cut hard and measured.
+  throttles more than noise explains.
+* ``drain``: startup's first congestion stops the sending until the requests already in flight are answered.
+  They were sent at up to several times the service's rate (a burst hides the limit until it runs dry), so they
+  keep the service busy for a round trip whatever the client does next, and their answers measure its rate:
+  sending on meanwhile would only add throttled requests. Then cruise at the measured rate (or, when the answers
+  did not measure it, at half the startup's rate).
 * ``cruise``: paced at ``CRUISE_GAIN`` x the measured rate, for a second or so (drawn, so that clients sharing
-  an account do not probe in step), and for at least a hundred requests.
-* ``probe``: a staircase: each step a round trip long (a fifth of a second at least), the first 5% above the
+  an account do not probe in step), and for at least a hundred requests. When bulk runs say the work left
+  ends within ``_ENDGAME`` seconds, cruise lasts to the end: a probe's throttled requests would wait out their
+  ``Retry-After`` (a second or more) after everything else was done.
+* ``probe``: a staircase: each step a round trip long (0.15 s at least), the first 5% above the
   measured rate, each further step twice the one before (5%, 10%, 20%, 40%...). At an unchanged limit the
   second step meets throttling and the overshoot is a few percent for a round trip; a limit that went up four
   times is found in five or six steps.
 
 Whatever the mode, a phase whose throttled answers exceed the noise floor by more than chance explains, and by
-a clear share, is congestion: the rate is cut to ``CRUISE_GAIN`` x the measured rate (or hard, by a quarter,
+a clear share, is congestion: the rate is cut to ``CRUISE_GAIN`` x the measured rate (or hard, by half,
 when the throttling is heavy and nothing is measured yet). Only the phase being sent now can cut: the answers
-to requests sent before a cut say nothing about the new rate. Throttling that does not rise with the rate (a
+to requests sent before a cut say nothing about the new rate; except when the service's rate, measured from the
+throttling under way, is far below the rate (``_DROPPED``): the limit fell, and waiting a round trip for the new
+phase to show it would only send more requests into it. Throttling that does not rise with the rate (a
 ``503 ServerBusy`` at random) is learned while cruising as the noise floor and then ignored: the rate never
 collapses to 1/(p x recovery), as it did when every throttle cut it.
 """
@@ -38,11 +47,11 @@ _log = logging.getLogger("batch_dealloc_async.traffic")
 
 CRUISE_GAIN: Final = 0.98
 _FIRST_STEP: Final = 0.05  # the probe's first step above the measured rate; each further step doubles it
-_MIN_STEP_TIME: Final = 0.2  # seconds a probe step lasts, at least (else a round trip and a tenth of a second)
+_MIN_STEP_TIME: Final = 0.15  # seconds a probe step lasts, at least (else a round trip and a tenth of a second)
 _HOLD: Final = (0.75, 1.25)  # seconds of cruise between probes, drawn
 _HOLD_REQUESTS: Final = 100  # and at least the time to send this many...
 _MAX_HOLD: Final = 2.0  # ...up to this many seconds
-_HARD_CUT: Final = 0.5  # heavy throttling with nothing measured yet cuts the rate to this share
+_HARD_CUT: Final = 0.5  # heavy throttling with nothing measured yet cuts the rate to this share (at least)
 _NOISE_EWMA: Final = 0.3
 _LEARN_ANSWERS: Final = 20  # answers in a cruise phase before its throttled share teaches the noise floor
 _TRUSTED_ANSWERS: Final = 12  # successes between two throttled answers before their rate is trusted for a cut
@@ -53,10 +62,13 @@ _SURPRISE: Final = 6.9  # ln(1/0.001): how unlikely, under that noise, throttlin
 _HEAVY: Final = 0.5  # a phase throttled this much is cut hard at once, measured or not...
 _HEAVY_ANSWERS: Final = 8  # ...once it has this many answers
 _SETTLE: Final = 0.005  # seconds (plus a quarter round trip) after a cut before the new phase counts
-_START_WINDOW: Final = 16
+_START_WINDOW: Final = 32
 _GROWTH: Final = 2.0  # startup multiplies the rate by this per round trip...
-_GROWTH_TIME: Final = 0.1  # ...but never faster than once per this many seconds
+_GROWTH_TIME: Final = 0.2  # ...but never faster than once per this many seconds
 _RUNAWAY: Final = 4.0  # a growing rate never runs ahead of four times what the client actually sends
+_DROPPED: Final = 0.6  # a service rate measured under this share of the rate is a fallen limit: cut at once
+_ENDGAME: Final = 2.0  # seconds of known work left (plus two round trips) under which no probe starts
+_DRAIN_ANSWERS: Final = 3  # successes between throttled answers that measure the rate once a drain is over
 
 
 class Episode:
@@ -99,14 +111,14 @@ class Episode:
         if self._first is not None and now >= self._start:
             self._ok += 1
 
-    def rate(self) -> float | None:
-        """The service's rate, once enough successes came between throttled answers far enough apart."""
+    def rate(self, *, trusted: int = _TRUSTED_ANSWERS, span: float = _MIN_EPISODE) -> float | None:
+        """The service's rate, once ``trusted`` successes came between throttled answers ``span`` seconds apart."""
         if self._first is None:
             return None
-        span = self._last - self._start
-        if span < _MIN_EPISODE or self._ok_at_last < _TRUSTED_ANSWERS:
+        seconds = self._last - self._start
+        if seconds < span or self._ok_at_last < trusted:
             return None
-        return self._ok_at_last / span
+        return self._ok_at_last / seconds
 
 
 def _unlikely(k: int, n: int, p: float) -> bool:
@@ -138,6 +150,7 @@ class RateControl:
     __slots__ = (
         "_accepted",
         "_cut_at",
+        "_drain_until",
         "_episode",
         "_first_step",
         "_growing",
@@ -150,6 +163,7 @@ class RateControl:
         "_rng",
         "_step",
         "_step_since",
+        "backlog",
         "btl",
         "ceiling",
         "cuts",
@@ -192,6 +206,8 @@ class RateControl:
         self._accepted = 0.0
         self._step_since = now
         self._nudged: float | None = None  # the throttled share of a cruise that was nudged down
+        self._drain_until = now
+        self.backlog = 0  # nodes bulk runs still have to do (0: unknown, or none)
 
     def __repr__(self) -> str:
         rate = "unpaced" if self.rate is None else f"{self.rate:.1f}/s"
@@ -219,6 +235,8 @@ class RateControl:
         """A throttled answer (to a request sent in ``phase``) arrived now; True when it made a cut."""
         rtt = self._meter.rtt
         self._episode.throttled(now, quiet=max(_QUIET, 2.0 * (rtt.smoothed or 0.0)), guard=2.0 * rtt.variation)
+        if self.mode == "drain":
+            return self._drained(now)
         if self._guessing and self.mode == "cruise":
             # After a hard cut the rate is a guess: as soon as the throttling still coming in measures the service's
             # rate, go to it (the new phase would take a round trip to show what the old one already says).
@@ -226,22 +244,41 @@ class RateControl:
             if measured is not None and phase is not None:
                 self._cut(phase, measured, now)
                 return True
+        if phase is not None and self._dropped():
+            # The limit fell far below the rate: cut now, without waiting for a phase sent after the last cut to
+            # show it (a round trip more of requests at the old rate, nearly all throttled).
+            self._cut(phase, self._episode.rate() or 0.0, now)
+            return True
         if phase is None or phase.start < self._cut_at or not self.congested(phase):
             return False  # sent before the last cut: it says nothing about the rate now
+        return self._on_congestion(phase, now)
+
+    def _dropped(self) -> bool:
+        """Cruising or probing, the service's rate measured now is far below the rate (the limit fell)."""
+        if self.mode not in {"cruise", "probe"} or self.rate is None:
+            return False
+        measured = self._episode.rate()
+        return measured is not None and measured / max(1.0 - self.noise, 0.5) < _DROPPED * self.rate
+
+    def _on_congestion(self, phase: Phase, now: float) -> bool:
         measured = self._episode.rate()
         if measured is not None:
             self._cut(phase, measured, now)
-            return True
-        if self.mode == "startup" or (phase.answered >= _HEAVY_ANSWERS and phase.share() >= _HEAVY):
+        elif self.mode == "startup":
+            self._drain(now)
+        elif phase.answered >= _HEAVY_ANSWERS and phase.share() >= _HEAVY:
             self._cut_hard(phase, now)
-            return True
-        return False  # a few more answers will measure the service's rate: cut once, to the right rate
+        else:
+            return False  # a few more answers will measure the service's rate: cut once, to the right rate
+        return True
 
     def on_ok(self, now: float) -> None:
         """A success: grow in startup; move between cruise and the probe's steps on time."""
         self._episode.ok(now)
         if self.mode == "startup":
             self._grow(now)
+        elif self.mode == "drain":
+            self._drained(now)
         elif self.mode == "cruise":
             if now >= self._hold_until:
                 self._end_cruise(now)
@@ -284,16 +321,45 @@ class RateControl:
         self._episode.reset()
         self._cruise(now, target)
 
-    def _cut_hard(self, phase: Phase, now: float) -> None:
-        """Heavy throttling with nothing measured yet: a quarter of the rate (or what the phase delivered).
+    def _drain(self, now: float) -> None:
+        """Startup met congestion: hold new requests until those in flight are answered (or measure the rate)."""
+        self._meter.mark(now)
+        awaited = self._meter.awaited
+        _log.debug("startup congested at %.1f requests/s: draining %d requests in flight", self.rate or 0.0, awaited)
+        self._accepted = self.rate or self._min_rate  # the rate startup reached: the fallback's reference
+        self.cuts += 1
+        self.mode = "drain"
+        rtt = self._meter.rtt
+        self._drain_until = now + (rtt.smoothed or 0.0) + 4.0 * rtt.variation + _SETTLE
+        self._set_rate(self._min_rate, now)
+        self._meter.begin("drain", now)
+        self._drained(now)
 
-        Startup's first congestion shows a round trip or two after the rate passed the service's (a burst hid
-        it, and the rate doubled meanwhile): a quarter is about where the throttling began.
-        """
+    def _drained(self, now: float) -> bool:
+        """While draining: once the rate is measured, or every request in flight is answered, go cruising."""
+        measured = self._episode.rate()
+        if measured is None and (self._meter.awaited > 0 and now < self._drain_until):
+            return False
+        if measured is None:
+            measured = self._episode.rate(trusted=_DRAIN_ANSWERS, span=_SETTLE)
+        if measured is None:
+            target = self._accepted * _HARD_CUT
+            _log.debug("drained without a measure: %.1f requests/s, measuring", target)
+            self.btl = target / CRUISE_GAIN
+            self._cruise(now, target, measured=False)
+            return True
+        self.btl = measured / max(1.0 - self.noise, 0.5)
+        _log.debug("drained: service rate %.1f", measured)
+        self._episode.reset()
+        self._cruise(now, self.btl * CRUISE_GAIN)
+        return True
+
+    def _cut_hard(self, phase: Phase, now: float) -> None:
+        """Heavy throttling with nothing measured yet (the limit fell): half the rate, or what the phase delivered."""
         current = self.rate if self.rate is not None else phase.send_rate(now) or self._min_rate
         target = current * _HARD_CUT
         delivered = phase.delivered(now)
-        if self.mode != "startup" and delivered is not None:
+        if delivered is not None:
             target = min(max(target, delivered * CRUISE_GAIN), current * 0.95)
         _log.debug("cutting hard in %s (%r): rate %.1f -> %.1f, measuring", self.mode, phase, current, target)
         self.cuts += 1
@@ -344,6 +410,11 @@ class RateControl:
         becomes the floor.
         """
         phase = self._meter.current
+        if 0 < self.backlog < (self.rate or 0.0) * (_ENDGAME + 2.0 * (self._meter.rtt.smoothed or 0.0)):
+            # The work ends within a probe's cost: a probe's throttled requests would wait out a Retry-After after
+            # the rest is done. Cruise on (the rate it holds was measured; the end is near).
+            self._hold_until = now + self._rng.uniform(*_HOLD)
+            return
         if phase.kind != "cruise" or phase.answered < _LEARN_ANSWERS:
             self._probe(now)
             return

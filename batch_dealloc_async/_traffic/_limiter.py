@@ -174,7 +174,7 @@ class AdaptiveLimiter:
     def state(self) -> str:
         """What traffic control is doing: ``failing`` (the breaker holds requests), or a mode of the controller.
 
-        The modes are ``startup``, ``cruise``, ``probe`` and ``settle``; ``fixed`` when not adaptive.
+        The modes are ``startup``, ``drain``, ``cruise`` and ``probe``; ``fixed`` when not adaptive.
         """
         if self.breaker.is_open:
             return "failing"
@@ -221,6 +221,14 @@ class AdaptiveLimiter:
         self._meter.sent(now)
         return now
 
+    def expect(self, nodes: int) -> None:
+        """Bulk runs add the nodes they have to do (positive) and remove those done (negative).
+
+        Near the end of the known work traffic control stops probing for more rate: a probe's throttled requests
+        wait out their ``Retry-After`` (a second or more) after everything else is done, and lengthen the run.
+        """
+        self.control.backlog += nodes
+
     def release(self) -> None:
         """Give a slot back."""
         self._window.give()
@@ -258,6 +266,7 @@ class AdaptiveLimiter:
             stats.traffic = self.state
 
     def _record(self, sent_at: float, kind: Feedback, error: BaseException | None) -> None:
+        self._meter.done(sent_at)
         if kind is Feedback.FAILED:
             self.breaker.failure(error, sent_at)
             return

@@ -93,9 +93,12 @@ class RoundTrip:
 class Meter:
     """The phases (newest last), the recent send times, and the round trip."""
 
-    __slots__ = ("_phases", "_sends", "rtt")
+    __slots__ = ("_mark", "_phases", "_sends", "awaited", "rtt", "unanswered")
 
     def __init__(self, now: float) -> None:
+        self.unanswered = 0  # requests sent and not answered yet (in any way)
+        self.awaited = 0  # of those, the ones sent before the mark (see :meth:`mark`)
+        self._mark = now
         self._phases: collections.deque[Phase] = collections.deque([Phase("startup", now)], maxlen=_PHASES_KEPT)
         self._sends: list[float] = []  # ascending (the clock is monotonic): bisected, trimmed in halves
         self.rtt = RoundTrip()
@@ -119,6 +122,7 @@ class Meter:
 
     def sent(self, now: float) -> None:
         """A request left now."""
+        self.unanswered += 1
         sends = self._sends
         sends.append(now)
         if len(sends) > 2 * _SENDS_KEPT:
@@ -141,6 +145,17 @@ class Meter:
             if sent_at >= phase.start:
                 return phase
         return None
+
+    def mark(self, now: float) -> None:
+        """From now, count down in :attr:`awaited` the requests in flight now as they are answered."""
+        self._mark = now
+        self.awaited = self.unanswered
+
+    def done(self, sent_at: float) -> None:
+        """The request sent at ``sent_at`` was answered, in whatever way (a failure or no answer included)."""
+        self.unanswered -= 1
+        if sent_at < self._mark and self.awaited > 0:
+            self.awaited -= 1
 
     def answered(self, sent_at: float, now: float, *, throttled: bool) -> Phase | None:
         """Count an answer (a success or a throttle) in its request's phase; returns that phase."""

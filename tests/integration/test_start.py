@@ -307,7 +307,7 @@ async def test_pool_round_trip_deallocate_then_start() -> None:
 
 async def test_start_pools_lists_each_pool_and_reports_a_missing_one() -> None:
     """start_pools over two pools and a missing one: one report, the missing pool in pool_errors."""
-    async with emulator(pools={"a": 20, "b": 20}) as emu:
+    async with emulator(pools={"a": 20, "b": 20}, start_delay=30.0) as emu:  # still starting when counted
         async with client_for(emu) as client:
             report = await client.start_pools(["a", "missing", "b"])
         assert set(report.pool_errors) == {"missing"}

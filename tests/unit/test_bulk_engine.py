@@ -576,3 +576,46 @@ def test_cancelling_a_wait_delivers_the_accepted_nodes_as_accepted() -> None:
     run_virtual(main(), start=START)
     assert sorted(o.node_id for o in delivered) == sorted(ids(20))
     assert {o.status for o in delivered} == {S.ACCEPTED}
+
+
+# --------------------------------------------------------------------------------------------------- backlog
+
+
+@pytest.mark.parametrize(
+    ("source", "deadline", "told"),
+    [
+        (list, None, 10),  # a list: its size is known, each node finished takes one off
+        (list, 5.0, 10),  # a deadline ends the rest: what was not finished leaves the backlog at once
+        (agen, None, 0),  # an async source has no size: nothing is told
+        (iter, None, 0),  # nor has an iterator
+    ],
+)
+def test_the_backlog_is_told_the_known_work_and_ends_at_zero(
+    source: Callable[[list[str]], NodeSource], deadline: float | None, told: int
+) -> None:
+    """Traffic control is told the nodes of a sized input up front, one less per node finished, and zero at the end."""
+    changes: list[int] = []
+    backend = FakeBackend(script={"n7": HANG}, default=Step(delay=1.0)) if deadline else FakeBackend()
+    report = run_nodes(backend, source(ids(10)), deadline=deadline, backlog=changes.append)
+    assert len(report.outcomes) == 10
+    assert sum(changes) == 0
+    assert (changes[0] if changes else 0) == told
+    if told and deadline is None:
+        assert changes == [10, *[-1] * 10]
+
+
+def test_a_cancelled_run_takes_its_nodes_off_the_backlog() -> None:
+    """A run cancelled mid-way (three nodes done, one per second) leaves nothing of its work in the backlog."""
+    changes: list[int] = []
+
+    async def main() -> None:
+        run = make_run(FakeBackend(default=Step(delay=1.0)), backlog=changes.append)
+        task = asyncio.ensure_future(run.nodes(POOL, ids(10)))
+        await asyncio.sleep(3.5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    run_virtual(main(), start=START)
+    assert changes[:4] == [10, -1, -1, -1]
+    assert sum(changes) == 0

@@ -559,11 +559,14 @@ def drive(
     ceiling: int = 100_000,
     max_rate: float | None = None,
     seed: int = 1,
+    burst: float = 0.1,
+    backlog: int = 0,
 ) -> Drive:
     """The controller and a meter against a token bucket, without asyncio.
 
-    The bucket's rate follows ``schedule`` (``(from, rate)`` steps; ``None``: no bucket), its size is a tenth of the
-    rate, and it starts full. Requests leave ``1/control.rate`` apart (at once while unpaced) while fewer than
+    The bucket's rate follows ``schedule`` (``(from, rate)`` steps; ``None``: no bucket), its size is ``burst``
+    seconds of the rate (a tenth by default), and it starts full. ``backlog``: the work bulk runs say is left (it
+    stays the same all along). Requests leave ``1/control.rate`` apart (at once while unpaced) while fewer than
     ``control.window`` are in flight, reach the bucket after ``latency / 2`` and are answered after ``latency``;
     ``noise`` is the share of the others throttled at random. Answers feed the meter and the controller as the
     limiter does.
@@ -571,12 +574,13 @@ def drive(
     rng = random.Random(seed)
     meter = Meter(0.0)
     control = RateControl(meter, ceiling=ceiling, max_rate=max_rate, min_rate=1.0, rng=random.Random(seed), now=0.0)
+    control.backlog = backlog
 
     def bucket_rate(t: float) -> float | None:
         return [rate for at, rate in schedule if at <= t][-1]
 
     first = bucket_rate(0.0)
-    tokens = first / 10 if first else 0.0
+    tokens = first * burst if first else 0.0
     filled = 0.0
     answers: list[tuple[float, float, bool]] = []  # (answered at, sent at, throttled)
     last_send = -math.inf
@@ -590,6 +594,7 @@ def drive(
             next_send = t if rate is None else max(t, last_send + 1.0 / rate)
         if answers and answers[0][0] <= next_send:
             t, sent_at, throttled = heapq.heappop(answers)
+            meter.done(sent_at)
             phase = meter.answered(sent_at, t, throttled=throttled)
             if throttled:
                 control.on_throttled(phase, t)
@@ -603,7 +608,7 @@ def drive(
             limit = bucket_rate(arrives)
             granted = True
             if limit is not None:
-                tokens = min(max(limit / 10, 1.0), tokens + (arrives - filled) * limit)
+                tokens = min(max(limit * burst, 1.0), tokens + (arrives - filled) * limit)
                 filled = arrives
                 granted = tokens >= 1.0
                 if granted:
@@ -616,9 +621,13 @@ def drive(
 
 
 @pytest.mark.parametrize("latency", [0.02, 0.05, 0.3])
-def test_startup_doubles_the_rate_every_round_trip_but_not_faster_than_every_tenth_of_a_second(latency: float) -> None:
-    """With no limit the rate doubles per round trip (per 0.1 s when the round trip is shorter), and never faster."""
-    period = max(latency, 0.1)
+def test_startup_doubles_the_rate_every_round_trip_but_not_faster_than_every_fifth_of_a_second(latency: float) -> None:
+    """With no limit the rate doubles per round trip (per 0.2 s when the round trip is shorter), and never faster.
+
+    Not faster: a burst the service allows hides its limit, and the faster the growth, the further past the
+    limit the rate is when the burst runs dry.
+    """
+    period = max(latency, 0.2)
     run = drive(((0.0, None),), latency=latency, seconds=latency + 5 * period)
     assert {mode for _, mode, _ in run.trace} == {"startup"}
     start = latency  # the first answer sets the first pace
@@ -627,6 +636,51 @@ def test_startup_doubles_the_rate_every_round_trip_but_not_faster_than_every_ten
     paced = run.trace[1:]
     for (t0, _, r0), (t1, _, r1) in itertools.pairwise(paced):
         assert r1 <= r0 * 2.0 ** ((t1 - t0) / period) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("rate", [300.0, 1000.0])
+@pytest.mark.parametrize("latency", [0.05, 0.15])
+def test_startup_that_meets_congestion_sends_nothing_until_the_requests_in_flight_are_answered(
+    rate: float, latency: float
+) -> None:
+    """A burst of a second hides the limit until the rate is several times it: then the client stops sending.
+
+    The requests in flight keep the service busy for a round trip anyway, and their answers measure its rate; the
+    cruise after the drain goes at that rate.
+    """
+    run = drive(((0.0, rate),), latency=latency, seconds=4.0, burst=1.0)
+    modes = [mode for _, mode, _ in run.trace]
+    assert modes[: modes.index("cruise") + 1][-3:] == ["startup", "drain", "cruise"]
+    start = next(t for t, mode, _ in run.trace if mode == "drain")
+    end = next(t for t, mode, _ in run.trace if t > start and mode == "cruise")
+    assert end - start <= latency + 0.02  # about a round trip (the answers measured it before the last came)
+    assert [t for t in run.sends if start < t < end] == []
+    assert 0.95 * rate <= run.rate_at(end) <= 1.02 * rate
+
+
+@pytest.mark.parametrize(("backlog", "probes"), [(0, True), (10**6, True), (450, False)])
+def test_no_probe_starts_when_the_known_work_ends_within_two_seconds(backlog: int, probes: bool) -> None:
+    """Bulk runs tell the work left; within two seconds of its end (450 nodes at 300/s) the cruise lasts to the end.
+
+    A probe's throttled requests would wait out their Retry-After after everything else was done.
+    """
+    run = drive(((0.0, 300.0),), latency=0.02, seconds=8.0, backlog=backlog)
+    modes = [mode for _, mode, _ in run.trace]
+    assert ("probe" in modes) is probes
+    assert "cruise" in modes
+
+
+@pytest.mark.parametrize("latency", [0.02, 0.15])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_limit_that_falls_far_is_cut_within_a_round_trip_of_its_first_throttling(latency: float, seed: int) -> None:
+    """600 -> 150 at 5 s (at the service): cut to about 150 once the throttling under way measures it.
+
+    Even when the client had just changed its rate (a cruise nudged down, a probe step): the answers to requests
+    sent before that change already say the service's rate is a quarter of the client's.
+    """
+    run = drive(((0.0, 600.0), (5.0, 150.0)), latency=latency, seconds=8.0, seed=seed)
+    cut = next(t for t, _, rate in run.trace if t > 5.0 and rate <= 1.05 * 150.0)
+    assert cut - 5.0 <= latency + 0.11
 
 
 @pytest.mark.parametrize("rate", [50.0, 300.0, 1000.0])
@@ -796,6 +850,40 @@ def test_while_open_one_probe_goes_at_each_probe_time() -> None:
     probes = [(index, t) for index, t, probe in log if probe is True]
     assert [(index, round(t, 9)) for index, t in probes] == [(0, 0.25), (1, 0.8), (2, 1.85), (3, 2.9), (4, 3.95)]
     assert [(index, t, probe) for index, t, probe in log if probe is not True] == [(i, 4.0, False) for i in range(5, 8)]
+
+
+def test_when_only_retries_sleep_one_is_woken_at_each_probe_time_to_be_the_probe() -> None:
+    """Every request failed and sleeps out its backoff, none waits at the gate: one retry is woken per probe time.
+
+    It comes back through the gate and goes as the probe (else nothing would probe, and the breaker would give up
+    after 30 s on a service that came back after 3).
+    """
+
+    async def main() -> tuple[list[tuple[int, float, bool]], float, bool]:
+        breaker = make_breaker(open_after=3)
+        open_breaker(breaker)
+        log: list[tuple[int, float, bool]] = []
+
+        async def retry(index: int) -> None:
+            await breaker.backoff(60.0)  # while open: until the service answers (or a probe is wanted)
+            probe = await breaker.gate()
+            sent_at = now()
+            log.append((index, sent_at, probe))
+            if probe:
+                await asyncio.sleep(0.05)
+                if now() < 3.0:
+                    breaker.failure(ERROR, sent_at)
+                else:
+                    breaker.alive()
+
+        await asyncio.gather(*(retry(index) for index in range(6)))
+        return log, now(), breaker.is_open
+
+    log, ended, is_open = run_virtual(main())
+    probes = [round(t, 9) for _, t, probe in log if probe]
+    assert probes == [0.25, 0.8, 1.85, 2.9, 3.95]
+    assert [round(t, 9) for _, t, probe in log if not probe] == [4.0]
+    assert (round(ended, 9), is_open) == (4.0, False)
 
 
 def test_a_failed_probe_reschedules_the_next_one() -> None:
