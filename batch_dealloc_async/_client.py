@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import math
 import random
 import time
 from datetime import datetime
@@ -53,6 +54,7 @@ __all__ = ["DEFAULT_MAX_CONCURRENCY", "BatchDeallocClient", "BatchNodesClient"]
 DEFAULT_MAX_CONCURRENCY: Final = 512
 DEFAULT_STATES: Final = tuple(sorted(DEALLOCATE.eligible))
 START_DEFAULT_STATES: Final = tuple(sorted(START.eligible))
+_WORKER_SECONDS: Final = 0.1  # bulk runs keep workers for at least this many seconds of the rate (four per slot)
 
 Option = BatchNodeDeallocateOption | BatchNodeDeallocateOptions | str | None
 _P = ParamSpec("_P")
@@ -459,8 +461,15 @@ class BatchDeallocClient:
     # ---------------------------------------------------------------------------------------------- bulk
 
     def _window_in_use(self) -> int:
-        """The slots the limiter lets through now: a bulk run starts workers as this grows."""
-        return self._transport.limiter.limit
+        """The slots the limiter lets through now, or a tenth of its rate if more: bulk runs start workers for it.
+
+        At a short round trip the window is a handful of slots, while the nodes a throttling burst caught sleep
+        out their Retry-After (a second, typically) holding their workers: with workers for the window alone, every
+        worker could be asleep and nothing sent for that second.
+        """
+        limiter = self._transport.limiter
+        rate = limiter.rate
+        return limiter.limit if rate is None else max(limiter.limit, math.ceil(rate * _WORKER_SECONDS))
 
     def _bulk(
         self,

@@ -29,8 +29,9 @@ class ClientStats:
             ambiguous attempt); with ``wait`` these are the nodes still to be seen where they were going.
         outages: Times the service failed every request and the circuit breaker began holding requests.
         probes: Requests sent alone, as probes, while the breaker held the others.
-        traffic: What traffic control is doing now: ``startup``, ``cruise``, ``probe``, ``failing`` (the
-            service fails everything: requests are held and single probes sent), or ``fixed``.
+        traffic: What traffic control is doing now: ``startup``, ``drain`` (startup met the limit: waiting for the
+            requests in flight), ``cruise``, ``probe``, ``failing`` (the service fails everything: requests are held
+            and single probes sent), or ``fixed``.
     """
 
     __slots__ = ("accepted", "outages", "probes", "requests", "retries", "throttled", "traffic")

@@ -68,6 +68,7 @@ _GROWTH_TIME: Final = 0.2  # ...but never faster than once per this many seconds
 _RUNAWAY: Final = 4.0  # a growing rate never runs ahead of four times what the client actually sends
 _DROPPED: Final = 0.6  # a service rate measured under this share of the rate is a fallen limit: cut at once
 _ENDGAME: Final = 2.0  # seconds of known work left (plus two round trips) under which no probe starts
+_ENDGAME_GAIN: Final = 0.93  # ...and the cruise there holds at this share of the service's rate
 _DRAIN_ANSWERS: Final = 3  # successes between throttled answers that measure the rate once a drain is over
 
 
@@ -412,7 +413,9 @@ class RateControl:
         phase = self._meter.current
         if 0 < self.backlog < (self.rate or 0.0) * (_ENDGAME + 2.0 * (self._meter.rtt.smoothed or 0.0)):
             # The work ends within a probe's cost: a probe's throttled requests would wait out a Retry-After after
-            # the rest is done. Cruise on (the rate it holds was measured; the end is near).
+            # the rest is done. Cruise on, a little lower: any throttled answer now lengthens the run by a second.
+            if self.rate is not None and self.btl > 0:
+                self._set_rate(min(self.rate, self.btl * _ENDGAME_GAIN), now)
             self._hold_until = now + self._rng.uniform(*_HOLD)
             return
         if phase.kind != "cruise" or phase.answered < _LEARN_ANSWERS:
