@@ -461,15 +461,17 @@ class BatchDeallocClient:
     # ---------------------------------------------------------------------------------------------- bulk
 
     def _window_in_use(self) -> int:
-        """The slots the limiter lets through now, or a tenth of its rate if more: bulk runs start workers for it.
+        """The slots the limiter lets through now (or, once throttled, a tenth of its rate): bulk runs start workers.
 
         At a short round trip the window is a handful of slots, while the nodes a throttling burst caught sleep
         out their Retry-After (a second, typically) holding their workers: with workers for the window alone, every
-        worker could be asleep and nothing sent for that second.
+        worker could be asleep and nothing sent for that second. Unthrottled, no node sleeps: no more tasks.
         """
         limiter = self._transport.limiter
         rate = limiter.rate
-        return limiter.limit if rate is None else max(limiter.limit, math.ceil(rate * _WORKER_SECONDS))
+        if rate is None or not limiter.throttle_events:
+            return limiter.limit
+        return max(limiter.limit, math.ceil(rate * _WORKER_SECONDS))
 
     def _bulk(
         self,
