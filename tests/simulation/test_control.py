@@ -29,7 +29,7 @@ from tests.simulation.scenarios import (
 
 # Cells where a target is not met yet: (time / ideal at most, throttled share at most), as measured, rounded up.
 GAPS: Final[dict[str, tuple[float, float]]] = {
-"bucket R=50 B=5 L=0ms N=10R": (1.10, 0.13),
+    "bucket R=50 B=5 L=0ms N=10R": (1.10, 0.13),
     "bucket R=50 B=5 L=20ms N=10R": (1.10, 0.11),
     "bucket R=50 B=5 L=50ms N=10R": (1.15, 0.11),
     "bucket R=50 B=5 L=150ms N=10R": (1.10, 0.11),
