@@ -245,21 +245,28 @@ class RateControl:
             if measured is not None and phase is not None:
                 self._cut(phase, measured, now)
                 return True
-        if phase is not None and self._dropped():
+        fallen = self._fallen_limit()
+        if phase is not None and fallen is not None:
             # The limit fell far below the rate: cut now, without waiting for a phase sent after the last cut to
             # show it (a round trip more of requests at the old rate, nearly all throttled).
-            self._cut(phase, self._episode.rate() or 0.0, now)
+            self._cut(phase, fallen, now)
             return True
         if phase is None or phase.start < self._cut_at or not self.congested(phase):
             return False  # sent before the last cut: it says nothing about the rate now
         return self._on_congestion(phase, now)
 
-    def _dropped(self) -> bool:
-        """Cruising or probing, the service's rate measured now is far below the rate (the limit fell)."""
+    def _fallen_limit(self) -> float | None:
+        """Cruising or probing: the service's rate measured now, when it is far below the rate (the limit fell)."""
         if self.mode not in {"cruise", "probe"} or self.rate is None:
-            return False
+            return None
         measured = self._episode.rate()
-        return measured is not None and measured / max(1.0 - self.noise, 0.5) < _DROPPED * self.rate
+        if measured is None or self._service_rate(measured) >= _DROPPED * self.rate:
+            return None
+        return measured
+
+    def _service_rate(self, measured: float) -> float:
+        """The service's rate behind the successes measured: those the noise floor took at random added back."""
+        return measured / max(1.0 - self.noise, 0.5)
 
     def _on_congestion(self, phase: Phase, now: float) -> bool:
         measured = self._episode.rate()
@@ -309,7 +316,7 @@ class RateControl:
 
     def _cut(self, phase: Phase, measured: float, now: float) -> None:
         current = self.rate if self.rate is not None else phase.send_rate(now) or measured
-        btl = measured / max(1.0 - self.noise, 0.5)
+        btl = self._service_rate(measured)
         if self.mode == "probe":
             # A probe that met throttling gains nothing over its last unthrottled step. What it measured may hold
             # a share it took from other clients of the account while it probed: keeping that would ratchet it
@@ -349,7 +356,7 @@ class RateControl:
             self.btl = target / CRUISE_GAIN
             self._cruise(now, target, measured=False)
             return True
-        self.btl = measured / max(1.0 - self.noise, 0.5)
+        self.btl = self._service_rate(measured)
         _log.debug("drained: service rate %.1f", measured)
         self._episode.reset()
         self._cruise(now, self.btl * CRUISE_GAIN)
