@@ -49,6 +49,7 @@ CRUISE_GAIN: Final = 0.98
 _FIRST_STEP: Final = 0.05  # the probe's first step above the measured rate; each further step doubles it
 _MIN_STEP_TIME: Final = 0.15  # seconds a probe step lasts, at least (else a round trip and a tenth of a second)
 _HOLD: Final = (0.75, 1.25)  # seconds of cruise between probes, drawn
+_GUESS_HOLD: Final = 0.5  # seconds of cruise at a guessed rate (after a hard cut) before probing, not drawn
 _HOLD_REQUESTS: Final = 100  # and at least the time to send this many...
 _MAX_HOLD: Final = 2.0  # ...up to this many seconds
 _HARD_CUT: Final = 0.5  # heavy throttling with nothing measured yet cuts the rate to this share (at least)
@@ -380,11 +381,12 @@ class RateControl:
         self._set_rate(rate, now)
         # At a measured rate: a second or so, and long enough to send a hundred requests (up to two seconds), as
         # each probe costs a few throttled answers. At a guess (a hard cut), probe again soon, with bigger steps.
-        hold = self._rng.uniform(*_HOLD)
         if measured:
-            hold = max(hold, min(_HOLD_REQUESTS / max(rate, self._min_rate), _MAX_HOLD))
+            hold = max(self._rng.uniform(*_HOLD), min(_HOLD_REQUESTS / max(rate, self._min_rate), _MAX_HOLD))
         else:
-            hold /= 2
+            # Not drawn: clients of one account that started together, and all met the first congestion, probe
+            # in step from their guesses (at random times the first to probe takes the room, and keeps it).
+            hold = _GUESS_HOLD
         self._first_step = 0 if measured else 2
         self._guessing = not measured
         self._hold_until = now + hold

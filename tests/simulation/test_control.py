@@ -107,12 +107,12 @@ def test_clients_sharing_an_account(latency: float) -> None:
     """Four clients on one bucket of 400/s finish together close to the ideal, each finding its share alone."""
     result = result_of(shared_cell(latency))
     assert result.lost == 0
-    # Targets 1.15x, 5% and a spread of 1.2; reached over 8 seeds (median): 1.14x / 13% / 1.41 at 20 ms, 1.21x / 12% /
-    # 1.30 at 100 ms (this seed: 1.26x / 12.7% / 1.40 and 1.22x / 11.6% / 1.18). Each client sees only its own 429s,
+    # Targets 1.15x, 5% and a spread of 1.2; reached over 8 seeds (median): 1.09x / 11% / 1.22 at 20 ms, 1.19x / 10% /
+    # 1.23 at 100 ms (this seed: 1.06x / 9.5% / 1.15 and 1.15x / 10.9% / 1.36). Each client sees only its own 429s,
     # so fairness comes from the same rule converging, not from coordination: the README's "Traffic control" gaps.
     assert result.ratio <= 1.30
     assert result.share < 0.15
-    assert max(result.finish_times) / min(result.finish_times) <= 1.5
+    assert max(result.finish_times) / min(result.finish_times) <= 1.4
 
 
 @pytest.mark.parametrize("cell", outage_cells()[:2], ids=lambda c: c.name)

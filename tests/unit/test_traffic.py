@@ -658,6 +658,22 @@ def test_startup_that_meets_congestion_sends_nothing_until_the_requests_in_fligh
     assert 0.95 * rate <= run.rate_at(end) <= 1.02 * rate
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_cruise_at_a_guess_probes_after_a_fixed_time_not_a_drawn_one(seed: int) -> None:
+    """Requests that met a bucket smaller than them measured nothing: the cruise after the drain is at a guess.
+
+    Its probe comes half a second later whatever the random draws: clients of one account that started together
+    and all met that first congestion then probe in step (drawn, the first to probe took the room and kept it:
+    four processes on one bucket of 400/s finished up to 2.4x apart on real sockets).
+    """
+    run = drive(((0.0, 300.0),), latency=0.02, seconds=3.0, burst=0.01, seed=seed)
+    modes = [mode for mode, _ in itertools.groupby(mode for _, mode, _ in run.trace)]
+    assert modes[:4] == ["startup", "drain", "cruise", "probe"]
+    guess = next(t for t, mode, _ in run.trace if mode == "cruise")
+    probe = next(t for t, mode, _ in run.trace if t > guess and mode == "probe")
+    assert probe - guess == pytest.approx(0.5, abs=0.02)  # checked at the next answer (80/s: 12.5 ms apart)
+
+
 @pytest.mark.parametrize(("backlog", "probes"), [(0, True), (10**6, True), (450, False)])
 def test_no_probe_starts_when_the_known_work_ends_within_two_seconds(backlog: int, probes: bool) -> None:
     """Bulk runs tell the work left; within two seconds of its end (450 nodes at 300/s) the cruise lasts to the end.
