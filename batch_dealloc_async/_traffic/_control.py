@@ -310,10 +310,15 @@ class RateControl:
         rtt = max(rtt, _GROWTH_TIME)
         if not self._growing:
             self._growing, self._last_growth = True, now
-            self._set_rate(self.window / rtt, now)  # the opening window's rate over the round trip seen
+            self._set_rate(self._opening_rate(), now)
             return
         last, self._last_growth = self._last_growth, now
         self._set_rate((self.rate or 0.0) * _GROWTH ** (min(now - last, rtt) / rtt), now)
+
+    def _opening_rate(self) -> float:
+        """The rate startup paces at from its first answer: the opening window over the round trip (0.2 s at least)."""
+        rtt = max(self._meter.rtt.smoothed or 0.0, _GROWTH_TIME)
+        return max(self._min_rate, min(_START_WINDOW, self.ceiling) / rtt)
 
     def _cut(self, phase: Phase, measured: float, now: float) -> None:
         current = self.rate if self.rate is not None else phase.send_rate(now) or measured
@@ -335,7 +340,9 @@ class RateControl:
         self._meter.mark(now)
         awaited = self._meter.awaited
         _log.debug("startup congested at %.1f requests/s: draining %d requests in flight", self.rate or 0.0, awaited)
-        self._accepted = self.rate or self._min_rate  # the rate startup reached: the fallback's reference
+        # The rate startup reached: the fallback's reference. Unpaced yet (every answer so far was throttled: the
+        # account's bucket was already spent by others), the opening window's rate over the round trip seen.
+        self._accepted = self.rate or self._opening_rate()
         self.cuts += 1
         self.mode = "drain"
         rtt = self._meter.rtt

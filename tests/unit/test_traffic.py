@@ -561,15 +561,16 @@ def drive(
     seed: int = 1,
     burst: float = 0.1,
     backlog: int = 0,
+    full: bool = True,
 ) -> Drive:
     """The controller and a meter against a token bucket, without asyncio.
 
     The bucket's rate follows ``schedule`` (``(from, rate)`` steps; ``None``: no bucket), its size is ``burst``
-    seconds of the rate (a tenth by default), and it starts full. ``backlog``: the work bulk runs say is left (it
-    stays the same all along). Requests leave ``1/control.rate`` apart (at once while unpaced) while fewer than
-    ``control.window`` are in flight, reach the bucket after ``latency / 2`` and are answered after ``latency``;
-    ``noise`` is the share of the others throttled at random. Answers feed the meter and the controller as the
-    limiter does.
+    seconds of the rate (a tenth by default), and it starts full (``full``; else empty: others spent it).
+    ``backlog``: the work bulk runs say is left (it stays the same all along). Requests leave ``1/control.rate``
+    apart (at once while unpaced) while fewer than ``control.window`` are in flight, reach the bucket after
+    ``latency / 2`` and are answered after ``latency``; ``noise`` is the share of the others throttled at random.
+    Answers feed the meter and the controller as the limiter does.
     """
     rng = random.Random(seed)
     meter = Meter(0.0)
@@ -580,7 +581,7 @@ def drive(
         return [rate for at, rate in schedule if at <= t][-1]
 
     first = bucket_rate(0.0)
-    tokens = first * burst if first else 0.0
+    tokens = first * burst if first and full else 0.0
     filled = 0.0
     answers: list[tuple[float, float, bool]] = []  # (answered at, sent at, throttled)
     last_send = -math.inf
@@ -656,6 +657,21 @@ def test_startup_that_meets_congestion_sends_nothing_until_the_requests_in_fligh
     assert end - start <= latency + 0.02  # about a round trip (the answers measured it before the last came)
     assert [t for t in run.sends if start < t < end] == []
     assert 0.95 * rate <= run.rate_at(end) <= 1.02 * rate
+
+
+@pytest.mark.parametrize("latency", [0.001, 0.02, 0.15])
+def test_a_first_flight_throttled_whole_guesses_half_the_opening_rate_not_the_minimum(latency: float) -> None:
+    """Others of the account spent its bucket: every answer to the first requests is a throttle, nothing paced yet.
+
+    The guess after the drain is half the rate startup would have paced at (the opening window over the round
+    trip), as when some succeeded. It was the 1 request/s minimum: on real sockets one of four processes sharing a
+    bucket sent 2-4 requests/s for five seconds while its probe climbed from there.
+    """
+    run = drive(((0.0, 5.0),), latency=latency, seconds=0.5, full=False)  # not a token before the answers
+    modes = [mode for mode, _ in itertools.groupby(mode for _, mode, _ in run.trace)]
+    assert modes[:3] == ["startup", "drain", "cruise"]
+    guess = next(rate for _, mode, rate in run.trace if mode == "cruise")
+    assert guess == pytest.approx(0.5 * 32 / max(latency, 0.2))
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
