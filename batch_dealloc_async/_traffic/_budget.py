@@ -66,6 +66,8 @@ class RetryBudget:
 
     def success(self) -> None:
         """A success deposits ``ratio``."""
+        if self._balance >= self._cap:
+            return  # full: time and deposits add nothing (the common case, a healthy run; no clock read)
         self._settle()
         self._balance = min(self._cap, self._balance + self._ratio)
 
