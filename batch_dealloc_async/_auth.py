@@ -308,9 +308,12 @@ class Authorizer(Protocol):
     """How a request gets its ``Authorization`` header, and what a refusal means (httpx's auth flow, reduced).
 
     The wire layer calls :meth:`authorize` before every attempt (after the attempt's ``ocp-date`` is set) and,
-    on a ``401``/``403``, asks :meth:`refused` whether to resend once at once. The retry policy never sees
-    authentication: its predicate has no side effects.
+    on a ``401``/``403``, asks :meth:`refused` whether to resend once at once (only when :attr:`resends`: an
+    authorizer that never resends spares every attempt that check). The retry policy never sees authentication:
+    its predicate has no side effects.
     """
+
+    resends: bool
 
     async def authorize(self, request: Request, headers: dict[str, str]) -> str | None:
         """Set ``headers["Authorization"]``; return what was used (a token to drop if refused), or ``None``."""
@@ -325,6 +328,7 @@ class SharedKeyAuthorizer:
     """Signs each attempt with the account key; a refusal is final (there is nothing to refresh)."""
 
     __slots__ = ("_credential", "_lowercase")
+    resends = False
 
     def __init__(self, credential: SharedKeyCredential) -> None:
         self._credential = credential
@@ -359,6 +363,7 @@ class BearerAuthorizer:
     """Bearer tokens from a :class:`TokenCache`; a 401 drops the token used and resends once with a fresh one."""
 
     __slots__ = ("_tokens",)
+    resends = True
 
     def __init__(self, tokens: TokenCache) -> None:
         self._tokens = tokens

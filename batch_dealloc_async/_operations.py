@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import cattrs
@@ -22,7 +22,7 @@ from ._models import BatchNode, BatchNodeListResult, DeallocateResult, StartResu
 from ._transport import Call
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Coroutine
 
     from ._actions import NodeAction
     from ._http import Reply
@@ -200,9 +200,11 @@ class BulkOperations:
     body: bytes | None
     service_timeout: int | None
 
-    async def perform(self, pool_id: str, node_id: str, run: ClientStats) -> DeallocateResult | StartResult:
-        """The run's action on one node."""
-        return await self.operations.act(
+    def perform(
+        self, pool_id: str, node_id: str, run: ClientStats
+    ) -> Coroutine[Any, Any, DeallocateResult | StartResult]:
+        """The run's action on one node (the action's own coroutine: no frame of its own to resume)."""
+        return self.operations.act(
             self.action, pool_id, node_id, body=self.body, service_timeout=self.service_timeout, run=run
         )
 

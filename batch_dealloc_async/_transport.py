@@ -260,19 +260,29 @@ class Transport:
 
     # ------------------------------------------------------------------------------------- one attempt
 
-    async def _attempt(
+    def _attempt(
         self, request: rq.Request, call: Call, expected: int, per_attempt: float, remaining: float
-    ) -> Reply:
-        """One attempt: a request out, and after a refused token at most one resend (the authorizer decides)."""
+    ) -> Awaitable[Reply]:
+        """One attempt: a request out, and after a refused token at most one resend (the authorizer decides).
+
+        Not a coroutine of its own unless the authorizer may resend: every frame between the bulk engine and the
+        socket is resumed on every wake-up of the request.
+        """
         if remaining <= 0:
             raise call.timeout_error(f"deadline of {self.policy.deadline:g} s passed")
+        timeout = min(per_attempt, remaining)
+        if not self._authorizer.resends:
+            return self._exchange_once(request, call, expected, timeout)
+        return self._attempt_resending(request, call, expected, timeout)
+
+    async def _attempt_resending(self, request: rq.Request, call: Call, expected: int, timeout: float) -> Reply:
         try:
-            return await self._exchange_once(request, call, expected, min(per_attempt, remaining))
+            return await self._exchange_once(request, call, expected, timeout)
         except AuthenticationError as exc:
             if call.refreshed or not self._authorizer.refused(exc, call.credential):
                 raise
             call.refreshed = True
-        return await self._exchange_once(request, call, expected, min(per_attempt, remaining))
+        return await self._exchange_once(request, call, expected, timeout)
 
     async def _exchange_once(self, request: rq.Request, call: Call, expected: int, timeout: float) -> Reply:
         """Hold a limiter slot, send, and classify the answer; every failure becomes one of our typed errors."""
