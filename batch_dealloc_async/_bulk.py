@@ -534,8 +534,9 @@ class BulkRun:
 
         Every worker calls this after each node, so the crew follows the window within a node's round trip.
         """
-        if crew.group is None or crew.feed.ended or len(crew.workers) >= _WORKERS_PER_SLOT * self._slots:
-            return  # (the last: as many workers as the most slots there can be)
+        full = len(crew.workers) >= _WORKERS_PER_SLOT * self._slots  # the most workers any window could want
+        if crew.group is None or crew.feed.ended or full:
+            return
         in_use = self._slots if self._window is None else min(self._window(), self._slots)
         wanted = min(_WORKERS_PER_SLOT * max(1, in_use), len(crew.workers) + _SPAWN_BATCH)
         while len(crew.workers) < wanted:
