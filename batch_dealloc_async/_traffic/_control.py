@@ -80,16 +80,24 @@ class Episode:
     refilled: successes *answered* between two throttled answers arrive at exactly its rate, whatever burst it
     had before and however the client sends (as long as it sends faster). Answer times, not send times: the
     service grants tokens in arrival order.
+
+    Random throttling (a ``503 ServerBusy`` now and then) keeps an episode going while the bucket is not dry at
+    all: its successes then come at the client's own rate. A measure taken for a congested phase therefore never
+    reaches back before that phase's first throttled answer (:meth:`rate`'s ``since``).
     """
 
-    __slots__ = ("_first", "_last", "_ok", "_ok_at_last", "_start")
+    __slots__ = ("_base", "_first", "_last", "_oks_at_last", "_quiet", "_start", "_throttles_base", "oks", "throttles")
 
     def __init__(self) -> None:
         self._first: float | None = None
         self._start = 0.0
         self._last = 0.0
-        self._ok = 0
-        self._ok_at_last = 0
+        self._base: int | None = None  # successes counted when the episode's counting began
+        self._oks_at_last = 0
+        self._throttles_base = 0
+        self._quiet = 0.0
+        self.oks = 0  # successes ever
+        self.throttles = 0  # throttled answers ever
 
     def throttled(self, now: float, *, quiet: float, guard: float) -> None:
         """A throttled answer arrived; after ``quiet`` seconds without one, a new episode begins.
@@ -100,9 +108,13 @@ class Episode:
         if self._first is None or now - self._last > quiet:
             self._first = now
             self._start = now + guard
-            self._ok = 0
+            self._base = None
+        if self._base is None and now >= self._start:
+            self._base, self._throttles_base = self.oks, self.throttles
+        self.throttles += 1
+        self._quiet = quiet
         self._last = now
-        self._ok_at_last = self._ok
+        self._oks_at_last = self.oks
 
     def reset(self) -> None:
         """Forget the episode (after a cut: what follows measures the service from here)."""
@@ -110,17 +122,45 @@ class Episode:
 
     def ok(self, now: float) -> None:
         """A success arrived."""
-        if self._first is not None and now >= self._start:
-            self._ok += 1
+        if self._base is None and self._first is not None and now >= self._start:
+            self._base, self._throttles_base = self.oks, self.throttles
+        self.oks += 1
 
-    def rate(self, *, trusted: int = _TRUSTED_ANSWERS, span: float = _MIN_EPISODE) -> float | None:
-        """The service's rate, once ``trusted`` successes came between throttled answers ``span`` seconds apart."""
-        if self._first is None:
+    def rate(
+        self,
+        *,
+        trusted: int = _TRUSTED_ANSWERS,
+        span: float = _MIN_EPISODE,
+        since: tuple[float, int, int] | None = None,
+        noise: float = 0.0,
+    ) -> float | None:
+        """The service's rate, once ``trusted`` successes came between throttled answers ``span`` seconds apart.
+
+        ``since``: a time and the successes and throttles counted then (a phase's first throttled answer): when
+        the episode's answers before it were throttled no more than random throttling explains (``noise``, 10% at
+        least), the measure starts there (or, without enough answers since, the whole episode, if what came
+        before is too short to be noise alone).
+        """
+        if self._first is None or self._base is None:
             return None
-        seconds = self._last - self._start
-        if seconds < span or self._ok_at_last < trusted:
+        start, base = self._start, self._base
+        if since is not None and since[0] > start:
+            throttles = since[2] - self._throttles_base
+            if throttles <= max(0.1, 2.0 * noise) * (since[1] - base + throttles):
+                # Before the phase's first throttle the throttling was no more than noise: if it went on for
+                # longer than two episodes' quiet, it was noise alone (a dry bucket throttles densely), and the
+                # successes then came at the client's own rate, not the service's.
+                measured = self._measure(since[0], since[1], trusted, span)
+                if measured is not None or since[0] - start > 2.0 * self._quiet:
+                    return measured
+        return self._measure(start, base, trusted, span)
+
+    def _measure(self, start: float, base: int, trusted: int, span: float) -> float | None:
+        seconds = self._last - start
+        ok = self._oks_at_last - base
+        if seconds < span or ok < trusted:
             return None
-        return self._ok_at_last / seconds
+        return ok / seconds
 
 
 def _unlikely(k: int, n: int, p: float) -> bool:
@@ -163,6 +203,7 @@ class RateControl:
         "_min_rate",
         "_nudged",
         "_rng",
+        "_since",
         "_step",
         "_step_since",
         "backlog",
@@ -209,6 +250,7 @@ class RateControl:
         self._step_since = now
         self._nudged: float | None = None  # the throttled share of a cruise that was nudged down
         self._drain_until = now
+        self._since: tuple[float, int, int] | None = None  # the congested phase's first throttle, when draining
         self.backlog = 0  # nodes bulk runs still have to do (0: unknown, or none)
 
     def __repr__(self) -> str:
@@ -236,6 +278,8 @@ class RateControl:
     def on_throttled(self, phase: Phase | None, now: float) -> bool:
         """A throttled answer (to a request sent in ``phase``) arrived now; True when it made a cut."""
         rtt = self._meter.rtt
+        if phase is not None and phase.first_throttled is None:
+            phase.first_throttled = (now, self._episode.oks, self._episode.throttles)
         self._episode.throttled(now, quiet=max(_QUIET, 2.0 * (rtt.smoothed or 0.0)), guard=2.0 * rtt.variation)
         if self.mode == "drain":
             return self._drained(now)
@@ -246,7 +290,7 @@ class RateControl:
             if measured is not None and phase is not None:
                 self._cut(phase, measured, now)
                 return True
-        fallen = self._fallen_limit()
+        fallen = None if phase is None else self._fallen_limit(phase, now)
         if phase is not None and fallen is not None:
             # The limit fell far below the rate: cut now, without waiting for a phase sent after the last cut to
             # show it (a round trip more of requests at the old rate, nearly all throttled).
@@ -256,12 +300,20 @@ class RateControl:
             return False  # sent before the last cut: it says nothing about the rate now
         return self._on_congestion(phase, now)
 
-    def _fallen_limit(self) -> float | None:
-        """Cruising or probing: the service's rate measured now, when it is far below the rate (the limit fell)."""
-        if self.mode not in {"cruise", "probe"} or self.rate is None:
+    def _fallen_limit(self, phase: Phase, now: float) -> float | None:
+        """Cruising or probing: the service's rate measured now, when it is far below the rate (the limit fell).
+
+        The rate the throttled request's phase was sent at, if lower: a probe's staircase runs ahead of the answers
+        by a step or two, and what a step earned says nothing about the rate two steps on.
+        """
+        if self.mode not in {"cruise", "probe"} or phase.kind not in {"cruise", "probe"} or self.rate is None:
+            return None  # (startup's and the drain's answers: a start, or a pause, not a steady rate)
+        measured = self._episode.rate(since=phase.first_throttled, noise=self.noise)
+        if measured is None:
             return None
-        measured = self._episode.rate()
-        if measured is None or self._service_rate(measured) >= _DROPPED * self.rate:
+        sent = phase.send_rate(now)
+        rate = self.rate if sent is None else min(sent, self.rate)
+        if self._service_rate(measured) >= _DROPPED * rate:
             return None
         return measured
 
@@ -270,11 +322,11 @@ class RateControl:
         return measured / max(1.0 - self.noise, 0.5)
 
     def _on_congestion(self, phase: Phase, now: float) -> bool:
-        measured = self._episode.rate()
+        measured = self._episode.rate(since=phase.first_throttled, noise=self.noise)
         if measured is not None:
             self._cut(phase, measured, now)
         elif self.mode == "startup":
-            self._drain(now)
+            self._drain(phase, now)
         elif phase.answered >= _HEAVY_ANSWERS and phase.share() >= _HEAVY:
             self._cut_hard(phase, now)
         else:
@@ -335,7 +387,7 @@ class RateControl:
         self._episode.reset()
         self._cruise(now, target)
 
-    def _drain(self, now: float) -> None:
+    def _drain(self, phase: Phase, now: float) -> None:
         """Startup met congestion: hold new requests until those in flight are answered (or measure the rate)."""
         self._meter.mark(now)
         awaited = self._meter.awaited
@@ -343,6 +395,7 @@ class RateControl:
         # The rate startup reached: the fallback's reference. Unpaced yet (every answer so far was throttled: the
         # account's bucket was already spent by others), the opening window's rate over the round trip seen.
         self._accepted = self.rate or self._opening_rate()
+        self._since = phase.first_throttled
         self.cuts += 1
         self.mode = "drain"
         rtt = self._meter.rtt
@@ -353,11 +406,11 @@ class RateControl:
 
     def _drained(self, now: float) -> bool:
         """While draining: once the rate is measured, or every request in flight is answered, go cruising."""
-        measured = self._episode.rate()
+        measured = self._episode.rate(since=self._since, noise=self.noise)
         if measured is None and (self._meter.awaited > 0 and now < self._drain_until):
             return False
         if measured is None:
-            measured = self._episode.rate(trusted=_DRAIN_ANSWERS, span=_SETTLE)
+            measured = self._episode.rate(trusted=_DRAIN_ANSWERS, span=_SETTLE, since=self._since, noise=self.noise)
         if measured is None:
             target = self._accepted * _HARD_CUT
             _log.debug("drained without a measure: %.1f requests/s, measuring", target)

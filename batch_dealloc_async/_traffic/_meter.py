@@ -29,9 +29,22 @@ class Phase:
         answered: Of those, answered in a way that says something about the rate (a success or a throttle).
         ok: Answered and not throttled.
         throttled: Answered ``429``/``503 ServerBusy``.
+        first_throttled: When its first throttled answer arrived, and the controller's counts of successes and
+            throttles then.
     """
 
-    __slots__ = ("answered", "end", "first_send", "kind", "last_send", "ok", "sent", "start", "throttled")
+    __slots__ = (
+        "answered",
+        "end",
+        "first_send",
+        "first_throttled",
+        "kind",
+        "last_send",
+        "ok",
+        "sent",
+        "start",
+        "throttled",
+    )
 
     def __init__(self, kind: str, start: float) -> None:
         self.kind = kind
@@ -43,6 +56,7 @@ class Phase:
         self.throttled = 0
         self.first_send: float | None = None
         self.last_send = start
+        self.first_throttled: tuple[float, int, int] | None = None  # set by the controller
 
     def __repr__(self) -> str:
         return f"Phase({self.kind}, start={self.start:.3f}, sent={self.sent}, ok={self.ok}, throttled={self.throttled})"

@@ -201,6 +201,17 @@ def bucket_cells(*, quick: bool = False) -> list[Cell]:
     return cells
 
 
+def noisy_bucket_cells() -> list[Cell]:
+    """A token bucket and 5% random ``503 ServerBusy`` at once (an account near its limit and busy): N = 10R."""
+    cells = []
+    for rate, latency in ((1000, 0.02), (2500, 0.0)):
+        one_way = max(latency, 0.00025)
+        model = ServiceModel(rate=rate, burst=rate / 10, latency=one_way, jitter=one_way / 5, server_busy=0.05)
+        name = f"bucket R={rate} B={rate // 10} L={latency * 1000:g}ms + 5% ServerBusy N=10R"
+        cells.append(Cell(name, model, nodes=10 * rate))
+    return cells
+
+
 def noise_cells() -> list[tuple[Cell, Cell]]:
     """Cell 2: no limit, random throttling; each with its fault-free baseline."""
     latency = 0.02
@@ -263,7 +274,8 @@ def max_rate_cell() -> Cell:
 def main(argv: list[str]) -> int:
     trace = "--trace" in argv
     argv = [a for a in argv if a != "--trace"]
-    cells = [*bucket_cells(), shift_cell(), shift_cell(0.15), shared_cell(), shared_cell(0.1), *outage_cells()]
+    cells = [*bucket_cells(), *noisy_bucket_cells(), shift_cell(), shift_cell(0.15), shared_cell(), shared_cell(0.1)]
+    cells += outage_cells()
     cells += [c for pair in noise_cells() for c in pair[:1]] + [noise_cells()[0][1], max_rate_cell(), start_cell()]
     wanted = [c for c in cells if not argv or any(a in c.name for a in argv)]
     for cell in wanted:

@@ -495,6 +495,54 @@ def test_successes_within_the_guard_are_not_counted(guard: float, rate: float) -
     assert episode.rate() == pytest.approx(rate)
 
 
+def random_throttling(episode: Episode, rate: float, share: float, start: float, seconds: float) -> float:
+    """Answers at ``rate`` with ``share`` of them throttled at random (no dry bucket); returns the end time."""
+    rng = random.Random(7)
+    count = int(rate * seconds)
+    for k in range(count):
+        t = start + k / rate
+        if rng.random() < share:
+            episode.throttled(t, quiet=0.2, guard=0.0)
+        else:
+            episode.ok(t)
+    return start + count / rate
+
+
+def test_a_measure_since_a_phase_leaves_out_the_random_throttling_before_it() -> None:
+    """5% random throttling for two seconds at 500 answers/s keeps one episode going; then a dry bucket of 300/s.
+
+    The whole episode reads neither rate; the measure since the congested phase's first throttled answer reads 300/s.
+    This was the cut that held a client at half an account's rate when the service also answered ServerBusy at random.
+    """
+    episode = Episode()
+    end = random_throttling(episode, 500.0, 0.05, 0.0, 2.0)
+    since = (end, episode.oks, episode.throttles)  # what the controller records at the phase's first throttled answer
+    dry_bucket(episode, 300.0, 0.0, end, 0.5)
+    whole = episode.rate()
+    assert whole is not None
+    assert whole > 400.0  # mostly the client's own successes before the bucket ran dry
+    assert episode.rate(since=since) == pytest.approx(300.0, rel=0.05)
+
+
+def test_a_measure_since_a_phase_is_the_whole_episode_when_the_throttling_before_was_dense() -> None:
+    """A bucket already dry before the phase began: the whole episode is the service's rate, and measures sooner."""
+    episode = Episode()
+    dry_bucket(episode, 100.0, 0.0, 0.0, 0.5)
+    since = (0.5, episode.oks, episode.throttles)
+    dry_bucket(episode, 100.0, 0.0, 0.5, 0.02)  # one success since: not enough to measure alone
+    assert episode.rate(since=since) == episode.rate() == pytest.approx(100.0, rel=0.05)
+
+
+def test_without_enough_answers_since_a_phase_a_long_noisy_episode_measures_nothing() -> None:
+    """Random throttling for two seconds, then a phase's first throttles: no measure until enough answers since."""
+    episode = Episode()
+    end = random_throttling(episode, 500.0, 0.05, 0.0, 2.0)
+    since = (end, episode.oks, episode.throttles)
+    episode.throttled(end, quiet=0.2, guard=0.0)
+    assert episode.rate() is not None
+    assert episode.rate(since=since) is None
+
+
 @pytest.mark.parametrize(
     ("oks", "span", "rate"),
     [
