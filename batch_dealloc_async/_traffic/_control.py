@@ -70,6 +70,7 @@ _RUNAWAY: Final = 4.0  # a growing rate never runs ahead of four times what the 
 _DROPPED: Final = 0.6  # a service rate measured under this share of the rate is a fallen limit: cut at once
 _ENDGAME: Final = 2.0  # seconds of known work left (plus two round trips) under which no probe starts
 _ENDGAME_GAIN: Final = 0.93  # ...and the cruise there holds at this share of the service's rate
+_PROBE_FLOOR: Final = 0.9  # a probe's congestion never measures the service under this share of its cruise
 _DRAIN_ANSWERS: Final = 3  # successes between throttled answers that measure the rate once a drain is over
 
 
@@ -323,6 +324,11 @@ class RateControl:
 
     def _on_congestion(self, phase: Phase, now: float) -> bool:
         measured = self._episode.rate(since=phase.first_throttled, noise=self.noise)
+        if measured is not None and self.mode == "probe":
+            # The probe started from a cruise the service took with no more than noise: a measure far below it
+            # is a stall in the answers (the client's or the service's), not the service's rate. A limit that
+            # fell meanwhile shows in the cruise that follows (or the falling-limit check) and is cut there.
+            measured = max(measured, _PROBE_FLOOR * self.btl * CRUISE_GAIN)
         if measured is not None:
             self._cut(phase, measured, now)
         elif self.mode == "startup":
