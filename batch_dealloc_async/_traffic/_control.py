@@ -291,8 +291,7 @@ class RateControl:
             if measured is not None and phase is not None:
                 self._cut(phase, measured, now)
                 return True
-        fallen = None if phase is None else self._fallen_limit(phase, now)
-        if phase is not None and fallen is not None:
+        if phase is not None and (fallen := self._fallen_limit(phase, now)) is not None:
             # The limit fell far below the rate: cut now, without waiting for a phase sent after the last cut to
             # show it (a round trip more of requests at the old rate, nearly all throttled).
             self._cut(phase, fallen, now)
@@ -304,8 +303,8 @@ class RateControl:
     def _fallen_limit(self, phase: Phase, now: float) -> float | None:
         """Cruising or probing: the service's rate measured now, when it is far below the rate (the limit fell).
 
-        The rate the throttled request's phase was sent at, if lower: a probe's staircase runs ahead of the answers
-        by a step or two, and what a step earned says nothing about the rate two steps on.
+        "The rate" is the one the throttled request's phase was sent at, when lower than the rate now: a probe's
+        staircase runs a step or two ahead of its answers, and what a step earned says nothing about two steps on.
         """
         if self.mode not in {"cruise", "probe"} or phase.kind not in {"cruise", "probe"} or self.rate is None:
             return None  # (startup's and the drain's answers: a start, or a pause, not a steady rate)
