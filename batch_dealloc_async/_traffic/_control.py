@@ -71,6 +71,9 @@ _DROPPED: Final = 0.6  # a service rate measured under this share of the rate is
 _ENDGAME: Final = 2.0  # seconds of known work left (plus two round trips) under which no probe starts
 _ENDGAME_GAIN: Final = 0.93  # ...and the cruise there holds at this share of the service's rate
 _PROBE_FLOOR: Final = 0.9  # a probe's congestion never measures the service under this share of its cruise
+_STALL_ANSWERS: Final = 5  # no answer for as long as this many take at the rate (or _STALL_TIME) is a stall
+_STALL_TIME: Final = 0.01
+_STALL_VARIATIONS: Final = 4.0  # ...plus this many round-trip variations (answers' travel times vary)
 _DRAIN_ANSWERS: Final = 3  # successes between throttled answers that measure the rate once a drain is over
 
 
@@ -87,7 +90,17 @@ class Episode:
     reaches back before that phase's first throttled answer (:meth:`rate`'s ``since``).
     """
 
-    __slots__ = ("_base", "_first", "_last", "_oks_at_last", "_quiet", "_start", "_throttles_base", "oks", "throttles")
+    __slots__ = (
+        "_base",
+        "_first",
+        "_last",
+        "_oks_at_last",
+        "_quiet",
+        "_start",
+        "_throttles_base",
+        "oks",
+        "throttles",
+    )
 
     def __init__(self) -> None:
         self._first: float | None = None
@@ -116,6 +129,17 @@ class Episode:
         self._quiet = quiet
         self._last = now
         self._oks_at_last = self.oks
+
+    def stalled(self, start: float) -> None:
+        """No answer came for a while (the client's loop or the service paused): count afresh from ``start``.
+
+        The answers held meanwhile arrive at once, so the successes counted up to a throttle among them are a part
+        of those the service granted over the pause, and the pause would read as a dry bucket (a 0.1 s stall read
+        118/s from a 1,000/s account). ``start``: after the held answers.
+        """
+        if self._first is not None:
+            self._start = max(self._start, start)
+            self._base = None
 
     def reset(self) -> None:
         """Forget the episode (after a cut: what follows measures the service from here)."""
@@ -199,6 +223,7 @@ class RateControl:
         "_growing",
         "_guessing",
         "_hold_until",
+        "_last_answer",
         "_last_growth",
         "_meter",
         "_min_rate",
@@ -207,6 +232,7 @@ class RateControl:
         "_since",
         "_step",
         "_step_since",
+        "_variation",
         "backlog",
         "btl",
         "ceiling",
@@ -242,6 +268,8 @@ class RateControl:
         self._episode = Episode()
         self._hold_until = now
         self._last_growth = now
+        self._last_answer = now
+        self._variation = 0.0
         self._step = 0
         self._first_step = 0
         self._guessing = False
@@ -281,6 +309,7 @@ class RateControl:
         rtt = self._meter.rtt
         if phase is not None and phase.first_throttled is None:
             phase.first_throttled = (now, self._episode.oks, self._episode.throttles)
+        self._answer(now)
         self._episode.throttled(now, quiet=max(_QUIET, 2.0 * (rtt.smoothed or 0.0)), guard=2.0 * rtt.variation)
         if self.mode == "drain":
             return self._drained(now)
@@ -299,6 +328,31 @@ class RateControl:
         if phase is None or phase.start < self._cut_at or not self.congested(phase):
             return False  # sent before the last cut: it says nothing about the rate now
         return self._on_congestion(phase, now)
+
+    def _answer(self, now: float) -> None:
+        """Any answer: after a stall, start afresh.
+
+        A stall: no answer for as long as ``_STALL_ANSWERS`` take at the rate (``_STALL_TIME`` at least) plus four
+        round-trip variations, and this answer was held for as long (its round trip is that much above the
+        fastest). Not a stall: answers that come far apart because the client sends little, or a round trip after
+        a drain.
+
+        The episode counts from after the answers held by the stall, and a probe step is judged unthrottled only
+        after a full step's answers since: a step that heard nothing heard no throttling either.
+        """
+        rtt = self._meter.rtt
+        last, self._last_answer = self._last_answer, now
+        variation, self._variation = self._variation, rtt.variation  # (before this answer's sample moved it)
+        if self.rate is None:
+            return
+        gap = max(_STALL_TIME, _STALL_ANSWERS / self.rate) + _STALL_VARIATIONS * variation
+        if now - last <= gap or (late := rtt.last - (rtt.min or 0.0)) <= gap:
+            return
+        _log.debug("no answer for %.3f s, then one %.3f s late: the answers stalled", now - last, late)
+        # Count from a round trip after the held answers: with them, every request in flight may have been answered
+        # at once, and the client's window was full, so no answer comes until the requests sent now come back.
+        self._episode.stalled(now + (rtt.min or 0.0) + gap)
+        self._step_since = max(self._step_since, now)
 
     def _fallen_limit(self, phase: Phase, now: float) -> float | None:
         """Cruising or probing: the service's rate measured now, when it is far below the rate (the limit fell).
@@ -340,6 +394,7 @@ class RateControl:
 
     def on_ok(self, now: float) -> None:
         """A success: grow in startup; move between cruise and the probe's steps on time."""
+        self._answer(now)
         self._episode.ok(now)
         if self.mode == "startup":
             self._grow(now)
@@ -385,7 +440,11 @@ class RateControl:
             # a share it took from other clients of the account while it probed: keeping that would ratchet it
             # up at their expense, round after round.
             btl = min(btl, self._accepted / CRUISE_GAIN)
-        target = min(btl * CRUISE_GAIN, current * 0.95)
+        cap = current * 0.95
+        if self._guessing:
+            # The rate is a guess (a hard cut): the measure replaces it, up to what the service last took unthrottled.
+            cap = max(cap, self._accepted)
+        target = min(btl * CRUISE_GAIN, cap)
         _log.debug("cut in %s (%r): service rate %.1f; rate %.1f -> %.1f", self.mode, phase, measured, current, target)
         self.cuts += 1
         self.btl = btl

@@ -83,18 +83,19 @@ class Phase:
 
 
 class RoundTrip:
-    """Smoothed round trip and its variation (TCP's SRTT and RTTVAR, RFC 6298), and the minimum seen."""
+    """Smoothed round trip and its variation (TCP's SRTT and RTTVAR, RFC 6298), the minimum seen, and the last."""
 
-    __slots__ = ("min", "smoothed", "variation")
+    __slots__ = ("last", "min", "smoothed", "variation")
 
     def __init__(self) -> None:
         self.smoothed: float | None = None
         self.variation = 0.0
         self.min: float | None = None
+        self.last = 0.0
 
     def add(self, sample: float) -> None:
         """One request's round trip."""
-        sample = max(sample, 0.0)
+        sample = self.last = max(sample, 0.0)
         if self.smoothed is None:
             self.smoothed = sample
             self.variation = sample / 2

@@ -212,6 +212,27 @@ def noisy_bucket_cells() -> list[Cell]:
     return cells
 
 
+def stall_cells() -> list[Cell]:
+    """Answers that stall for 0.1 s four times (a pause in the service or the client's loop).
+
+    A bucket of 1,000/s with 5% random ServerBusy, N = 10R: the answers held by a stall arrive at once, successes
+    and throttles mixed, and must not read as a dry bucket. The same cells without stalls are ``noisy_bucket``'s.
+    """
+    cells = []
+    for latency in (0.02, 0.15):
+        model = ServiceModel(
+            rate=1000,
+            burst=100,
+            latency=latency,
+            jitter=latency / 5,
+            server_busy=0.05,
+            stalls=((2.3, 0.1), (4.1, 0.1), (5.9, 0.1), (7.7, 0.1)),
+        )
+        name = f"bucket R=1000 B=100 L={latency * 1000:g}ms + 5% ServerBusy + 4 stalls of 0.1 s N=10R"
+        cells.append(Cell(name, model, nodes=10_000))
+    return cells
+
+
 def noise_cells() -> list[tuple[Cell, Cell]]:
     """Cell 2: no limit, random throttling; each with its fault-free baseline."""
     latency = 0.02
@@ -274,7 +295,8 @@ def max_rate_cell() -> Cell:
 def main(argv: list[str]) -> int:
     trace = "--trace" in argv
     argv = [a for a in argv if a != "--trace"]
-    cells = [*bucket_cells(), *noisy_bucket_cells(), shift_cell(), shift_cell(0.15), shared_cell(), shared_cell(0.1)]
+    cells = [*bucket_cells(), *noisy_bucket_cells(), *stall_cells(), shift_cell(), shift_cell(0.15)]
+    cells += [shared_cell(), shared_cell(0.1)]
     cells += outage_cells()
     cells += [c for pair in noise_cells() for c in pair[:1]] + [noise_cells()[0][1], max_rate_cell(), start_cell()]
     wanted = [c for c in cells if not argv or any(a in c.name for a in argv)]

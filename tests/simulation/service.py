@@ -2,8 +2,9 @@
 
 The model is what traffic control reacts to, and nothing else: one account-wide token bucket whose rate may
 follow a schedule, a one-way latency each way (with jitter), random throttling answers (``503 ServerBusy``
-without Retry-After, ``429`` with ``Retry-After: 1``), random ``500`` errors, and outage windows (every request
-answered ``500``, or connections refused). Nodes are idle until deallocated (then a second deallocate is a
+without Retry-After, ``429`` with ``Retry-After: 1``), random ``500`` errors, outage windows (every request
+answered ``500``, or connections refused), and stalls (every answer held until the stall ends: a pause in the
+service, or in the client's event loop). Nodes are idle until deallocated (then a second deallocate is a
 ``409``), and Get Node reads their state, so the client's reconciliation runs too.
 
 The real client (limiter, retries, bulk engine) runs on top through :class:`SimExchange`, on a
@@ -53,6 +54,7 @@ class ServiceModel:
         too_many: Share of requests answered ``429`` with ``Retry-After: 1``.
         error_500: Share of requests answered ``500 InternalError`` (not processed).
         outages: Outage windows.
+        stalls: ``(start, duration)`` windows: answers that would reach the client in one arrive at its end.
         initial_state: Every node's state at first (``deallocated`` for start runs).
         seed: Seeds every random choice.
     """
@@ -66,6 +68,7 @@ class ServiceModel:
     too_many: float = 0.0
     error_500: float = 0.0
     outages: tuple[Outage, ...] = ()
+    stalls: tuple[tuple[float, float], ...] = ()
     initial_state: str = "idle"
     seed: int = 1
 
@@ -125,6 +128,11 @@ class SimService:
             self.tokens -= 1.0
             return None
         return (1.0 - self.tokens) / rate
+
+    def stall_end(self, t: float) -> float | None:
+        """When the stall that covers ``t`` ends (``None`` when none does)."""
+        since = t - self.start
+        return next((self.start + a + d for a, d in self.model.stalls if a <= since < a + d), None)
 
     def outage(self, t: float) -> Outage | None:
         return next((o for o in self.model.outages if o.covers(t - self.start)), None)
@@ -236,6 +244,8 @@ class SimExchange:
                     method, url.split("://", 1)[1].partition("/")[2], loop.time()
                 )
                 await asyncio.sleep(self._delay())
+                if (end := service.stall_end(loop.time())) is not None:
+                    await asyncio.sleep(end - loop.time())
         except TimeoutError:
             raise ExchangeError("timeout", f"no response within {timeout:.1f} s") from None
         self.log.append((sent, loop.time(), status))

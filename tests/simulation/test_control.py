@@ -27,6 +27,7 @@ from tests.simulation.scenarios import (
     run,
     shared_cell,
     shift_cell,
+    stall_cells,
     start_cell,
 )
 
@@ -106,6 +107,19 @@ def test_random_throttling_does_not_hide_a_token_buckets_rate(cell: Cell) -> Non
     assert result.ratio <= 1.45
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_stall_in_the_answers_costs_about_its_time(seed: int) -> None:
+    """Four 0.1 s stalls (answers held, then all at once) in a run at a bucket of 1,000/s, 20 ms, 5% ServerBusy.
+
+    The stalls cost about their time (the window fills in each): 1.18x over these seeds against 1.17x without
+    them. The held answers read as a dry bucket before the controller told stalls apart: 1.20x, 1.24x, 1.60x and
+    1.16x, one collapse in four.
+    """
+    result = result_of(reseeded(stall_cells()[0], seed))
+    assert result.lost == 0
+    assert result.ratio <= 1.30
+
+
 @pytest.mark.parametrize("latency", [0.02, 0.15])
 def test_a_limit_that_moves_is_followed(latency: float) -> None:
     """600 -> 150 at 5 s -> 600 at 15 s: near the piecewise ideal, and the rate follows each change within 2 s."""
@@ -113,18 +127,21 @@ def test_a_limit_that_moves_is_followed(latency: float) -> None:
     assert result.lost == 0
     # Where the rise at 15 s meets the cruise-and-probe cycle moves the time by up to 0.08x at 150 ms (8-16 seeds:
     # median 1.13x, worst 1.19x): the median of five seeds is held to the target, each run to the worst seen.
-    ratios = [result.ratio] + [result_of(reseeded(shift_cell(latency), seed)).ratio for seed in range(2, 6)]
+    results = [result] + [result_of(reseeded(shift_cell(latency), seed)) for seed in range(2, 6)]
+    ratios = [r.ratio for r in results]
     assert statistics.median(ratios) <= 1.15
     assert max(ratios) <= 1.20
     assert result.share < (0.08 if latency < 0.1 else 0.16)  # at 150 ms a round trip of overshoot costs more
     down = follow_time(result, 5.0, 150)
-    up = follow_time(result, 15.0, 600)
     assert down is not None
     assert down <= 2.0
-    assert up is not None
-    # At 150 ms the probe's steps are a round trip long (0.4 s): 2.1 s measured here (0.1 s bins); over 8 seeds up to
-    # 2.8 s when the cruise that followed the last cut had just begun at 15 s (the README's gaps).
-    assert up <= (2.0 if latency < 0.1 else 2.15)
+    ups = [follow_time(r, 15.0, 600) for r in results]
+    assert None not in ups
+    # At 150 ms the probe's steps are a round trip long (0.4 s): the rise is followed within 2 s in the median of
+    # these seeds (0.9-2.2 s, 0.1 s bins); over 16 seeds up to 3.1 s when the cruise that followed the last cut had
+    # just begun at 15 s (the README's gaps).
+    assert statistics.median(u for u in ups if u is not None) <= 2.0 + 1e-9  # (sums of 0.1 s bins)
+    assert max(u for u in ups if u is not None) <= (2.0 if latency < 0.1 else 2.5) + 1e-9
 
 
 @pytest.mark.parametrize("latency", [0.02, 0.1])

@@ -9,6 +9,8 @@ here (:func:`drive`), without asyncio.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import functools
 import heapq
 import itertools
 import logging
@@ -495,6 +497,31 @@ def test_successes_within_the_guard_are_not_counted(guard: float, rate: float) -
     assert episode.rate() == pytest.approx(rate)
 
 
+@pytest.mark.parametrize("stalled", [False, True])
+def test_after_a_stall_the_count_starts_after_the_held_answers(stalled: bool) -> None:
+    """A dry bucket of 300/s; its answers stall for 0.1 s and then arrive at once, a success first.
+
+    Counted across the stall, the first throttle among them measures 150/s: the successes held behind it are not
+    counted yet, but the time is. The controller tells the episode about the stall (:meth:`Episode.stalled`):
+    nothing is measured until enough answers came after the held ones, and those measure 300/s.
+    """
+    episode = Episode()
+    dry_bucket(episode, 300.0, 0.0, 0.0, 0.1)
+    if stalled:
+        episode.stalled(0.21)
+    episode.ok(0.2)
+    episode.throttled(0.2, quiet=0.2, guard=0.0)
+    if not stalled:
+        assert episode.rate() == pytest.approx(150.0, rel=0.05)
+        return
+    assert episode.rate() is None
+    for k in range(29):  # the rest of the held answers, all at 0.2 s
+        (episode.ok if k % 2 else functools.partial(episode.throttled, quiet=0.2, guard=0.0))(0.2)
+    assert episode.rate() is None
+    dry_bucket(episode, 300.0, 0.0, 0.21, 0.3)
+    assert episode.rate() == pytest.approx(300.0, rel=0.05)
+
+
 def random_throttling(episode: Episode, rate: float, share: float, start: float, seconds: float) -> float:
     """Answers at ``rate`` with ``share`` of them throttled at random (no dry bucket); returns the end time."""
     rng = random.Random(7)
@@ -610,12 +637,14 @@ def drive(
     burst: float = 0.1,
     backlog: int = 0,
     full: bool = True,
+    stall: tuple[float, float] | None = None,
 ) -> Drive:
     """The controller and a meter against a token bucket, without asyncio.
 
     The bucket's rate follows ``schedule`` (``(from, rate)`` steps; ``None``: no bucket), its size is ``burst``
     seconds of the rate (a tenth by default), and it starts full (``full``; else empty: others spent it).
-    ``backlog``: the work bulk runs say is left (it stays the same all along). Requests leave ``1/control.rate``
+    ``backlog``: the work bulk runs say is left (it stays the same all along). ``stall``: answers due in that
+    span of time arrive at its end. Requests leave ``1/control.rate``
     apart (at once while unpaced) while fewer than ``control.window`` are in flight, reach the bucket after
     ``latency / 2`` and are answered after ``latency``; ``noise`` is the share of the others throttled at random.
     Answers feed the meter and the controller as the limiter does.
@@ -663,7 +692,10 @@ def drive(
                 if granted:
                     tokens -= 1.0
             throttled = not granted or (noise > 0 and rng.random() < noise)
-            heapq.heappush(answers, (t + latency, t, throttled))
+            due = t + latency
+            if stall is not None and stall[0] <= due < stall[1]:
+                due = stall[1]  # the answers stall (a pause in the service or the client's loop), then arrive at once
+            heapq.heappush(answers, (due, t, throttled))
         if (control.mode, control.rate or 0.0) != trace[-1][1:]:
             trace.append((t, control.mode, control.rate or 0.0))
     return Drive(control, trace, sends)
@@ -763,6 +795,17 @@ def test_a_limit_that_falls_far_is_cut_within_a_round_trip_of_its_first_throttli
     assert cut - 5.0 <= latency + 0.11
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_after_a_hard_cut_the_measure_sets_the_rate_up_as_well_as_down(seed: int) -> None:
+    """600 -> 270 at 5 s: heavy throttling before any measure halves the rate (a guess); the measure then sets it.
+
+    It could only lower it: a guess of 251/s and a measure of 270/s made a cruise at 239/s (0.95x the guess).
+    """
+    limit = 270.0
+    run = drive(((0.0, 600.0), (5.0, limit)), latency=0.02, seconds=6.0, seed=seed)
+    assert 0.95 * limit <= run.rate_at(5.2) <= 1.02 * limit
+
+
 @pytest.mark.parametrize("rate", [50.0, 300.0, 1000.0])
 @pytest.mark.parametrize("latency", [0.02, 0.15])
 def test_a_token_bucket_is_cruised_at_95_to_100_percent_of_its_rate(rate: float, latency: float) -> None:
@@ -808,6 +851,36 @@ def test_random_throttling_does_not_collapse_the_rate(latency: float, slots: int
     run = drive(((0.0, None),), latency=latency, seconds=20.0, noise=0.05, ceiling=slots, seed=seed)
     assert min(run.per_second(2, 20)) >= 0.8 * capacity
     assert run.control.cuts == 0 or run.control.noise == pytest.approx(0.05, abs=0.015)
+
+
+@pytest.mark.parametrize("rate", [300.0, 1000.0])
+@pytest.mark.parametrize("latency", [0.02, 0.15])
+@pytest.mark.parametrize("noise", [0.0, 0.05])
+def test_a_stall_in_the_answers_is_not_read_as_a_limit(rate: float, latency: float, noise: float) -> None:
+    """A 0.1 s stall at any time (answers due then arrive bunched at its end): the 2 s after it send 0.85x R or more.
+
+    The bunched answers read as a dry bucket: the successes counted up to a throttle among them were a part of
+    those the service granted over the stall. A stall at 4.8 s left the client cruising at 123/s against
+    1,000/s; others sent 0.15x-0.6x of the bucket's rate in the two seconds after.
+    """
+    for k in range(20):
+        start = 2.0 + 0.2 * k
+        run = drive(((0.0, rate),), latency=latency, seconds=start + 2.2, noise=noise, stall=(start, start + 0.1))
+        sent = bisect.bisect_left(run.sends, start + 2.1) - bisect.bisect_left(run.sends, start + 0.1)
+        assert sent >= 0.85 * 2.0 * rate, f"stall at {start:.1f} s"
+
+
+def test_a_probe_step_that_heard_nothing_does_not_climb() -> None:
+    """A step climbs after a full step's time (a round trip and 0.1 s) with answers: a stall is not "no throttling".
+
+    A 0.3 s stall 0.1 s into a probe (150 ms one way): the step climbed on the first answers after it, and the
+    next two a step apart, while the answers to the stalled step were still on their way.
+    """
+    run = drive(((0.0, 300.0),), latency=0.15, seconds=8.0)
+    probe = next(t for t, mode, _ in run.trace if t > 3.0 and mode == "probe")
+    stalled = drive(((0.0, 300.0),), latency=0.15, seconds=8.0, stall=(probe + 0.1, probe + 0.4))
+    climbs = [t for t, mode, _ in stalled.trace if probe < t and mode == "probe"]
+    assert climbs[0] >= probe + 0.4 + 0.25
 
 
 @pytest.mark.parametrize("rate", [100.0, 1000.0])
