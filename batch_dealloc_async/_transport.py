@@ -256,6 +256,7 @@ class Transport:
                 call.client_request_id,
             ),
             count_throttled=call.run is None,  # a bulk run never gives a node up for throttling
+            paced=self.limiter.adaptive,
         )
 
     # ------------------------------------------------------------------------------------- one attempt

@@ -99,21 +99,22 @@ def test_random_throttling_does_not_hide_a_token_buckets_rate(cell: Cell) -> Non
     """A bucket and 5% random ServerBusy: the rate found is the bucket's, not what the client sent while noise came in.
 
     Random throttling kept the rate measure's episode going from the start; the measures then averaged the client's
-    own sending and held it near half the bucket's rate (R=2500 at loopback: 1.61x the ideal; 1.34x now, the rest the
-    retries of 5% of the nodes). Over 6 seeds: 1.63x -> 1.33x at 2500/s, 1.40x -> 1.21x at 1000/s and 20 ms.
+    own sending and held it near half the bucket's rate (R=2500 at loopback: 1.61x the ideal; 1.26x now, the rest the
+    retries of 5% of the nodes). Over 6 seeds: 1.63x -> 1.33x at 2500/s, 1.40x -> 1.21x at 1000/s and 20 ms; over 8
+    seeds, with a flat backoff for paced throttles: 1.27x and 1.14x.
     """
     result = result_of(cell)
     assert result.lost == 0
-    assert result.ratio <= 1.45
+    assert result.ratio <= (1.25 if "R=1000" in cell.name else 1.35)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_a_stall_in_the_answers_costs_about_its_time(seed: int) -> None:
     """Four 0.1 s stalls (answers held, then all at once) in a run at a bucket of 1,000/s, 20 ms, 5% ServerBusy.
 
-    The stalls cost about their time (the window fills in each): 1.18x over these seeds against 1.17x without
-    them. The held answers read as a dry bucket before the controller told stalls apart: 1.20x, 1.24x, 1.60x and
-    1.16x, one collapse in four.
+    The stalls cost little (the window fills in each): 1.14x over these seeds, as without them. The held answers
+    read as a dry bucket before the controller told stalls apart: 1.20x, 1.24x, 1.60x and 1.16x, one collapse in
+    four.
     """
     result = result_of(reseeded(stall_cells()[0], seed))
     assert result.lost == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import uuid
 
@@ -161,6 +162,30 @@ async def test_429_without_retry_after_backs_off(mock, make_client, clock: FakeC
     assert len(script.seen) == 2
     assert len(clock.sleeps) == 1
     assert 0.0 <= clock.sleeps[0] <= 0.5
+
+
+class Highest(random.Random):
+    """Full jitter at its ceiling: every backoff is the most the policy allows."""
+
+    def uniform(self, a: float, b: float) -> float:
+        del a
+        return b
+
+
+@pytest.mark.parametrize(("adaptive", "sleeps"), [(True, [0.5, 0.5, 0.5, 0.5]), (False, [0.5, 1.0, 2.0, 4.0])])
+async def test_a_throttle_without_retry_after_backs_off_flat_when_paced(
+    mock, make_client, clock: FakeClock, adaptive: bool, sleeps: list[float]
+) -> None:
+    """Paced by the adaptive limiter, ServerBusy retries wait up to backoff_base each time; unpaced, it doubles.
+
+    The limiter answers congestion by cutting its rate, and a retry waits its turn at the pacer: a doubling backoff
+    only lengthened bulk runs' tails (a node throttled three times in a row at random waited up to 3.5 s).
+    """
+    Script([error(503, "ServerBusy")] * 4 + [accepted()]).install(mock)
+    async with make_client(adaptive=adaptive, rng=Highest(1)) as client:
+        result = await client.deallocate_node("pool1", "n1")
+    assert result.attempts == 5
+    assert clock.sleeps == sleeps
 
 
 async def test_ocp_date_given_is_used_only_on_the_first_attempt(mock, make_client) -> None:
