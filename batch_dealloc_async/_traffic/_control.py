@@ -90,17 +90,7 @@ class Episode:
     reaches back before that phase's first throttled answer (:meth:`rate`'s ``since``).
     """
 
-    __slots__ = (
-        "_base",
-        "_first",
-        "_last",
-        "_oks_at_last",
-        "_quiet",
-        "_start",
-        "_throttles_base",
-        "oks",
-        "throttles",
-    )
+    __slots__ = ("_base", "_first", "_last", "_oks_at_last", "_quiet", "_start", "_throttles_base", "oks", "throttles")
 
     def __init__(self) -> None:
         self._first: float | None = None
