@@ -49,12 +49,12 @@ def scenario(index: int, *, stalls: bool = False) -> Cell:
         schedule = ((rng.uniform(2, 6), rate * rng.uniform(1.5, 4)),)
     elif kind == "err":
         faults["error_500"] = rng.choice([0.01, 0.03])
-    if stalls:
+    nodes = int(rate * rng.choice([3, 10, 20]))
+    if stalls:  # drawn last: the scenario is otherwise the same as without stalls
         faults["stalls"] = tuple((rng.uniform(1.0, 8.0), rng.choice([0.1, 0.2, 0.3])) for _ in range(3))
     model = ServiceModel(
         rate=rate, burst=burst, latency=latency, jitter=jitter, schedule=schedule, seed=index, **faults
     )
-    nodes = int(rate * rng.choice([3, 10, 20]))
     change = f" limit -> {schedule[0][1]:.0f}/s at {schedule[0][0]:.1f} s" if schedule else ""
     extra = "".join(f" {k}={v}" for k, v in faults.items() if k != "stalls") + (" stalls" if stalls else "")
     name = (
