@@ -18,7 +18,7 @@ Modes:
 * ``probe``: a staircase: each step a round trip long (0.15 s at least), the first 5% above the
   measured rate, each further step twice the one before (5%, 10%, 20%, 40%...). At an unchanged limit the
   second step meets throttling and the overshoot is a few percent for a round trip; a limit that went up four
-  times is found in five or six steps.
+  times is found in five or six steps. A step that meets throttling before it measures the service holds there.
 
 Whatever the mode, a phase whose throttled answers exceed the noise floor by more than chance explains, and by
 a clear share, is congestion: the rate is cut to ``CRUISE_GAIN`` x the measured rate (or hard, by half,
@@ -379,7 +379,15 @@ class RateControl:
         elif phase.answered >= _HEAVY_ANSWERS and phase.share() >= _HEAVY:
             self._cut_hard(phase, now)
         else:
-            return False  # a few more answers will measure the service's rate: cut once, to the right rate
+            # A few more answers will measure the service's rate: cut once, to the right rate. Meanwhile a probe
+            # holds its step: the next one would only send further past a limit already met (a guess's probe
+            # climbed on from 690 to 2,440/s against 541/s). A guess's steps are large (265 -> 690/s), so its
+            # cut is capped at this step, not at the one before, which may be far under the limit.
+            if self.mode == "probe":
+                self._step_since = max(self._step_since, now)
+                if self._first_step > 0:
+                    self._accepted = max(self._accepted, self.rate or 0.0)
+            return False
         return True
 
     def on_ok(self, now: float) -> None:

@@ -770,6 +770,21 @@ def test_a_cruise_at_a_guess_probes_after_a_fixed_time_not_a_drawn_one(seed: int
     assert probe - guess == pytest.approx(0.5, abs=0.02)  # checked at the next answer (80/s: 12.5 ms apart)
 
 
+@pytest.mark.parametrize(("rate", "burst"), [(300.0, 0.01), (541.0, 0.024), (1000.0, 0.01)])
+def test_a_guess_probe_holds_the_step_that_met_the_limit_until_it_is_measured(rate: float, burst: float) -> None:
+    """A bucket smaller than the first requests: the drain measured nothing, and the guess probes in large steps.
+
+    The step that meets the limit is held until the throttling measures the service (it climbed on, to 4x the limit
+    at 541/s), and the cut is capped at that step, not at the step before (2.6x lower after a guess's large steps).
+    The cruise after that first probe was at 0.82x, 2.0x and 0.64x of these limits.
+    """
+    run = drive(((0.0, rate),), latency=0.02, seconds=3.0, burst=burst)
+    probe = next(t for t, mode, _ in run.trace if mode == "probe")
+    after = next(t for t, mode, _ in run.trace if t > probe and mode == "cruise")
+    assert max(r for t, _, r in run.trace if probe <= t <= after) <= 2.5 * rate
+    assert 0.9 * rate <= run.rate_at(after) <= 1.02 * rate
+
+
 @pytest.mark.parametrize(("backlog", "probes"), [(0, True), (10**6, True), (450, False)])
 def test_no_probe_starts_when_the_known_work_ends_within_two_seconds(backlog: int, probes: bool) -> None:
     """Bulk runs tell the work left; within two seconds of its end (450 nodes at 300/s) the cruise lasts to the end.
