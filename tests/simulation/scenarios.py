@@ -1,6 +1,8 @@
 """The traffic-control scenarios, run by the real client against :class:`SimService` on virtual time.
 
-``python -m tests.simulation.scenarios [name-substring ...]`` prints the matrix (for tuning); the tests in
+``python -m tests.simulation.scenarios [name-substring ...]`` prints the matrix (for tuning); with ``--seeds N``
+it runs each cell over seeds 1..N of the model's randomness (two processes) and prints means, worst cases and the
+token-bucket matrix's counts: one seed is a single draw, and a change is judged on 16. The tests in
 ``test_control.py`` assert the targets on the same cells.
 """
 
@@ -8,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -292,14 +296,52 @@ def max_rate_cell() -> Cell:
     return Cell("max_rate 200/s", ServiceModel(latency=0.02), nodes=2000, ideal=10.0, max_rate=200.0)
 
 
+def _seeded(job: tuple[Cell, int]) -> tuple[str, float, float, float]:
+    """One cell's run with another seed: (name, time / ideal, throttled share, finish-time spread)."""
+    cell, seed = job
+    result = run(replace(cell, model=replace(cell.model, seed=seed)))
+    spread = max(result.finish_times) / min(result.finish_times) if len(result.finish_times) > 1 else 1.0
+    return cell.name, result.ratio, result.share, spread
+
+
+def _sweep(cells: list[Cell], seeds: int) -> None:
+    """Every cell over seeds 1..``seeds``, in two processes: per-cell figures, then the token-bucket counts."""
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        rows = list(pool.map(_seeded, [(cell, seed) for cell in cells for seed in range(1, seeds + 1)]))
+    for cell in cells:
+        mine = [row for row in rows if row[0] == cell.name]
+        ratios = [row[1] for row in mine]
+        print(
+            f"{cell.name:<46} time/ideal mean {statistics.mean(ratios):.3f} max {max(ratios):.3f}  "
+            f"throttled mean {statistics.mean(row[2] for row in mine) * 100:5.1f}%  "
+            f"spread median {statistics.median(row[3] for row in mine):.2f}"
+        )
+    long = [row for row in rows if row[0].startswith("bucket R=") and row[0].endswith(" N=10R") and "+" not in row[0]]
+    short = [row for row in rows if row[0].startswith("bucket R=") and row[0].endswith(" N=3R")]
+    if long:
+        print(
+            f"token bucket N=10R: within 1.10x {sum(r[1] <= 1.10 for r in long)} of {len(long)}, "
+            f"under 5% throttled {sum(r[2] < 0.05 for r in long)}; "
+            f"N=3R within 1.25x {sum(r[1] <= 1.25 for r in short)} of {len(short)}"
+        )
+
+
 def main(argv: list[str]) -> int:
     trace = "--trace" in argv
+    seeds = 0
+    if "--seeds" in argv:
+        at = argv.index("--seeds")
+        seeds = int(argv[at + 1])
+        argv = argv[:at] + argv[at + 2 :]
     argv = [a for a in argv if a != "--trace"]
     cells = [*bucket_cells(), *noisy_bucket_cells(), *stall_cells(), shift_cell(), shift_cell(0.15)]
     cells += [shared_cell(), shared_cell(0.1)]
     cells += outage_cells()
     cells += [c for pair in noise_cells() for c in pair[:1]] + [noise_cells()[0][1], max_rate_cell(), start_cell()]
     wanted = [c for c in cells if not argv or any(a in c.name for a in argv)]
+    if seeds:
+        _sweep(wanted, seeds)
+        return 0
     for cell in wanted:
         result = run(cell)
         print(result.line(), flush=True)
