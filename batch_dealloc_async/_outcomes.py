@@ -30,7 +30,8 @@ class ClientStats:
         outages: Times the service failed every request and the circuit breaker began holding requests.
         probes: Requests sent alone, as probes, while the breaker held the others.
         traffic: What traffic control is doing now: ``startup``, ``drain`` (startup met the limit: waiting for the
-            requests in flight), ``cruise``, ``probe``, ``failing`` (the service fails everything: requests are held
+            requests in flight), ``cruise``, ``probe``, ``paused`` (every request is throttled, at any rate: one
+            goes at a time, until one is granted), ``failing`` (the service fails everything: requests are held
             and single probes sent), or ``fixed``.
     """
 

@@ -15,6 +15,11 @@ Modes:
   an account do not probe in step), and for at least a hundred requests. When bulk runs say the work left
   ends within ``_ENDGAME`` seconds, cruise lasts to the end: a probe's throttled requests would wait out their
   ``Retry-After`` (a second or more) after everything else was done.
+* ``paused``: a cut to a guess (after heavy throttling that measured nothing) was throttled whole as well: the
+  service grants nothing at any rate now (a window limiter whose quota is spent refuses everything until the
+  window turns; an account blocked for a while). Halving again and again would leave the rate far under the
+  service's when it grants again: one request per round trip (0.1 s at least) goes until one is granted, then
+  the cruise resumes at the rate it paused at.
 * ``probe``: a staircase: each step a round trip long (0.15 s at least), the first 5% above the
   measured rate, each further step twice the one before (5%, 10%, 20%, 40%...). At an unchanged limit the
   second step meets throttling and the overshoot is a few percent for a round trip; a limit that went up four
@@ -32,6 +37,7 @@ collapses to 1/(p x recovery), as it did when every throttle cut it.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from typing import TYPE_CHECKING, Final
@@ -74,6 +80,11 @@ _PROBE_FLOOR: Final = 0.9  # a probe's congestion never measures the service und
 _STALL_ANSWERS: Final = 5  # no answer for as long as this many take at the rate (or _STALL_TIME) is a stall
 _STALL_TIME: Final = 0.01
 _STALL_VARIATIONS: Final = 4.0  # ...plus this many round-trip variations (answers' travel times vary)
+_PAUSE_PERIOD: Final = 0.1  # seconds between the requests of a pause, at first (or a round trip, if longer)...
+_PAUSE_MAX: Final = 1.0  # ...doubling with each throttled one up to this
+_GRANTED_SPAN: Final = 1.0  # seconds of successes counted for the floor under a measure taken after a cut:
+_MISREAD: Final = 0.25  # a measure under this share of them is not the service's rate...
+_GRANTED_FLOOR: Final = 0.5  # ...and this share of them is taken instead
 _DRAIN_ANSWERS: Final = 3  # successes between throttled answers that measure the rate once a drain is over
 
 
@@ -210,6 +221,7 @@ class RateControl:
         "_drain_until",
         "_episode",
         "_first_step",
+        "_granted",
         "_growing",
         "_guessing",
         "_hold_until",
@@ -218,6 +230,7 @@ class RateControl:
         "_meter",
         "_min_rate",
         "_nudged",
+        "_paused",
         "_rng",
         "_since",
         "_step",
@@ -271,6 +284,8 @@ class RateControl:
         self._drain_until = now
         self._since: tuple[float, int, int] | None = None  # the congested phase's first throttle, when draining
         self.backlog = 0  # nodes bulk runs still have to do (0: unknown, or none)
+        self._paused = 0.0  # the rate a pause resumes at
+        self._granted: collections.deque[float] = collections.deque()  # when the last second's successes came
 
     def __repr__(self) -> str:
         rate = "unpaced" if self.rate is None else f"{self.rate:.1f}/s"
@@ -301,8 +316,8 @@ class RateControl:
             phase.first_throttled = (now, self._episode.oks, self._episode.throttles)
         self._answer(now)
         self._episode.throttled(now, quiet=max(_QUIET, 2.0 * (rtt.smoothed or 0.0)), guard=2.0 * rtt.variation)
-        if self.mode == "drain":
-            return self._drained(now)
+        if self.mode in {"drain", "paused"}:
+            return self._drained(now) if self.mode == "drain" else self._still_paused(phase, now)
         if self._guessing and self.mode == "cruise":
             # After a hard cut the rate is a guess: as soon as the throttling still coming in measures the service's
             # rate, go to it (the new phase would take a round trip to show what the old one already says).
@@ -318,6 +333,17 @@ class RateControl:
         if phase is None or phase.start < self._cut_at or not self.congested(phase):
             return False  # sent before the last cut: it says nothing about the rate now
         return self._on_congestion(phase, now)
+
+    def _still_paused(self, phase: Phase | None, now: float) -> bool:
+        """A throttle while paused: what a pause waits for is a success; True when it slowed the pause down.
+
+        A throttled pause request doubles the time to the next, up to ``_PAUSE_MAX``: an account that stays
+        blocked gets a request a second, not ten.
+        """
+        if phase is None or phase.kind != "paused" or self.rate is None or self.rate <= 1.0 / _PAUSE_MAX:
+            return False
+        self._set_rate(max(self._min_rate, self.rate / 2.0, 1.0 / _PAUSE_MAX), now)
+        return True
 
     def _answer(self, now: float) -> None:
         """Any answer: after a stall, start afresh.
@@ -377,7 +403,10 @@ class RateControl:
         elif self.mode == "startup":
             self._drain(phase, now)
         elif phase.answered >= _HEAVY_ANSWERS and phase.share() >= _HEAVY:
-            self._cut_hard(phase, now)
+            if self.mode == "cruise" and self._guessing and phase.ok == 0:
+                self._pause(now)
+            else:
+                self._cut_hard(phase, now)
         else:
             # A few more answers will measure the service's rate: cut once, to the right rate. Meanwhile a probe
             # holds its step: the next one would only send further past a limit already met (a guess's probe
@@ -394,10 +423,17 @@ class RateControl:
         """A success: grow in startup; move between cruise and the probe's steps on time."""
         self._answer(now)
         self._episode.ok(now)
+        granted = self._granted
+        granted.append(now)
+        if granted[0] < now - _GRANTED_SPAN:
+            self._granted_since(now)
         if self.mode == "startup":
             self._grow(now)
         elif self.mode == "drain":
             self._drained(now)
+        elif self.mode == "paused":
+            _log.debug("granted again: resuming at %.1f requests/s", self._paused)
+            self._cruise(now, self._paused, measured=False)
         elif self.mode == "cruise":
             if now >= self._hold_until:
                 self._end_cruise(now)
@@ -442,6 +478,7 @@ class RateControl:
         if self._guessing:
             # The rate is a guess (a hard cut): the measure replaces it, up to what the service last took unthrottled.
             cap = max(cap, self._accepted)
+            btl = self._floored(btl, now)
         target = min(btl * CRUISE_GAIN, cap)
         _log.debug("cut in %s (%r): service rate %.1f; rate %.1f -> %.1f", self.mode, phase, measured, current, target)
         self.cuts += 1
@@ -479,7 +516,7 @@ class RateControl:
             self.btl = target / CRUISE_GAIN
             self._cruise(now, target, measured=False)
             return True
-        self.btl = self._service_rate(measured)
+        self.btl = self._floored(self._service_rate(measured), now)
         _log.debug("drained: service rate %.1f", measured)
         self._episode.reset()
         self._cruise(now, self.btl * CRUISE_GAIN)
@@ -496,6 +533,47 @@ class RateControl:
         self.cuts += 1
         self.btl = target / CRUISE_GAIN
         self._cruise(now, target, measured=False)
+
+    def _granted_since(self, now: float) -> int:
+        """Successes answered in the last ``_GRANTED_SPAN`` seconds."""
+        granted = self._granted
+        while granted and granted[0] < now - _GRANTED_SPAN:
+            granted.popleft()
+        return len(granted)
+
+    def _floored(self, service_rate: float, now: float) -> float:
+        """A service rate measured after a drain or a hard cut, or half the last second's successes if far under.
+
+        Such a measure counts the few successes that come between throttles while the service grants little. A
+        token bucket grants its rate then, but a window limiter whose quota is spent grants nothing until the
+        window turns: after a startup that the service had granted 1,000 requests in the second before, the
+        drain read 12.7 requests/s, and the client cruised there. A measure under a quarter of the last second's
+        successes is taken as such a misreading (a bucket whose limit fell to a quarter still reads true; one
+        that fell further is cut in two steps).
+        """
+        granted = self._granted_since(now)
+        if service_rate >= _MISREAD * granted:
+            return service_rate
+        _log.debug(
+            "measured %.1f requests/s after %d successes in a second: taking %.1f",
+            service_rate,
+            granted,
+            _GRANTED_FLOOR * granted,
+        )
+        return _GRANTED_FLOOR * granted
+
+    def _pause(self, now: float) -> None:
+        """A cut to a guess was throttled whole as well: the service grants nothing now, at any rate.
+
+        One request per round trip (``_PAUSE_PERIOD`` at least) until one is granted, then cruise at the rate
+        paused at (a guess, so the next heavy throttling halves it or pauses again).
+        """
+        self._paused = self.rate or self._min_rate
+        _log.debug("nothing granted at %.1f requests/s either: pausing", self._paused)
+        self.mode = "paused"
+        self.cuts += 1
+        self._set_rate(max(self._min_rate, 1.0 / max(_PAUSE_PERIOD, self._meter.rtt.smoothed or 0.0)), now)
+        self._meter.begin("paused", now)
 
     def _cruise(self, now: float, rate: float, *, measured: bool = True) -> None:
         self.mode = "cruise"

@@ -174,7 +174,8 @@ class AdaptiveLimiter:
     def state(self) -> str:
         """What traffic control is doing: ``failing`` (the breaker holds requests), or a mode of the controller.
 
-        The modes are ``startup``, ``drain``, ``cruise`` and ``probe``; ``fixed`` when not adaptive.
+        The modes are ``startup``, ``drain``, ``cruise``, ``probe`` and ``paused`` (the service grants nothing at any
+        rate: one request per round trip until one is granted); ``fixed`` when not adaptive.
         """
         if self.breaker.is_open:
             return "failing"

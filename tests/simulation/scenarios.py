@@ -237,6 +237,26 @@ def stall_cells() -> list[Cell]:
     return cells
 
 
+def window_cells() -> list[Cell]:
+    """Off the issue's matrix: window limiters (fixed and sliding) instead of a token bucket; N = 10R.
+
+    Batch publishes no request limit, let alone its algorithm. A window limiter grants a window's quota as fast as
+    it is asked and then nothing until the window turns (fixed), or until the grants of a window ago expire
+    (sliding): its quota is a burst of a window's worth, and while it is spent the successes that trickle in say
+    nothing about its rate (a sliding window's echo the client's own sending of a window ago).
+    """
+    cells = []
+    for sliding in (False, True):
+        for rate in (300, 1000):
+            for window in (0.5, 1.0):
+                for latency in (0.02, 0.1):
+                    model = ServiceModel(rate=rate, window=window, sliding=sliding, latency=latency, jitter=latency / 5)
+                    kind = "sliding" if sliding else "fixed"
+                    name = f"{kind} window R={rate} W={window:g}s L={latency * 1000:g}ms N=10R"
+                    cells.append(Cell(name, model, nodes=10 * rate))
+    return cells
+
+
 def noise_cells() -> list[tuple[Cell, Cell]]:
     """Cell 2: no limit, random throttling; each with its fault-free baseline."""
     latency = 0.02
@@ -337,6 +357,7 @@ def main(argv: list[str]) -> int:
     cells = [*bucket_cells(), *noisy_bucket_cells(), *stall_cells(), shift_cell(), shift_cell(0.15)]
     cells += [shared_cell(), shared_cell(0.1)]
     cells += outage_cells()
+    cells += window_cells()
     cells += [c for pair in noise_cells() for c in pair[:1]] + [noise_cells()[0][1], max_rate_cell(), start_cell()]
     wanted = [c for c in cells if not argv or any(a in c.name for a in argv)]
     if seeds:

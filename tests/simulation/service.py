@@ -14,6 +14,7 @@ The real client (limiter, retries, bulk engine) runs on top through :class:`SimE
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import math
 import random
@@ -47,6 +48,9 @@ class ServiceModel:
     Attributes:
         rate: Token bucket rate (requests/s), ``None`` for no limit; ``schedule`` overrides it.
         burst: The bucket's size (it starts full).
+        window: Seconds: a window limiter instead of the bucket, granting at most ``rate x window`` requests per
+            window (``burst`` is then unused): fixed windows (counted afresh when each one begins), or, with
+            ``sliding``, any ``window`` seconds (a request is granted when fewer were in the last ``window``).
         schedule: ``(at, rate)`` steps of the bucket's rate (``rate`` None: unlimited), times from the run's start.
         latency: One-way latency in seconds, each way.
         jitter: Up to this much more latency each way, uniformly.
@@ -61,6 +65,8 @@ class ServiceModel:
 
     rate: float | None = None
     burst: float = 30.0
+    window: float = 0.0
+    sliding: bool = False
     schedule: tuple[tuple[float, float | None], ...] = ()
     latency: float = 0.0
     jitter: float = 0.0
@@ -108,6 +114,9 @@ class SimService:
         self.rng = random.Random(f"service-{model.seed}")
         self.tokens = float(model.burst)
         self.last = start
+        self.granted: collections.deque[float] = collections.deque()  # a sliding window's grants, oldest first
+        self.window_index = 0
+        self.window_count = 0
         self.states: dict[str, str] = {}
         self.requests = 0
         self.throttled = 0
@@ -122,12 +131,33 @@ class SimService:
         if rate is None:
             self.last = t
             return None
+        if self.model.window:
+            return self._window(t, rate * self.model.window)
         self.tokens = min(self.model.burst, self.tokens + (t - self.last) * rate)
         self.last = t
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return None
         return (1.0 - self.tokens) / rate
+
+    def _window(self, t: float, quota: float) -> float | None:
+        """A window limiter's grant (``None``), or the seconds until it has room."""
+        window = self.model.window
+        if self.model.sliding:
+            granted = self.granted
+            while granted and granted[0] <= t - window:
+                granted.popleft()
+            if len(granted) < quota:
+                granted.append(t)
+                return None
+            return granted[0] + window - t
+        index = int((t - self.start) / window)
+        if index != self.window_index:
+            self.window_index, self.window_count = index, 0
+        if self.window_count < quota:
+            self.window_count += 1
+            return None
+        return self.start + (index + 1) * window - t
 
     def stall_end(self, t: float) -> float | None:
         """When the stall that covers ``t`` ends (``None`` when none does)."""

@@ -29,6 +29,7 @@ from tests.simulation.scenarios import (
     shift_cell,
     stall_cells,
     start_cell,
+    window_cells,
 )
 
 # Cells where a target is not met yet: (time / ideal at most, throttled share at most), as measured, rounded up.
@@ -188,6 +189,38 @@ def test_service_down_error_carries_the_service_error() -> None:
     errors = [o.error for o in result_of(outage_cells()[2]).outcomes]
     assert all(isinstance(e, ServiceDownError) for e in errors)
     assert all("500 InternalError" in str(e) for e in errors)
+
+
+# Window limiters are off the matrix (it names token buckets): what they take, as measured, rounded up.
+# Before a spent window was paused at (not halved into) and a measure far under the last second's successes was
+# taken for a misreading, the fixed windows took 1.12-2.81x (1.01-1.54x now). Sliding windows gained less (1.65x
+# to 1.15x and 1.71x to 1.49x in two cells, the others unchanged, up to 1.77x): a spent sliding window grants
+# again at the client's own rate of a window ago, an echo the measure cannot tell from a token bucket's rate.
+WINDOWS: Final[dict[str, float]] = {
+    "fixed window R=300 W=0.5s L=20ms N=10R": 1.15,
+    "fixed window R=300 W=0.5s L=100ms N=10R": 1.15,
+    "fixed window R=300 W=1s L=20ms N=10R": 1.05,
+    "fixed window R=300 W=1s L=100ms N=10R": 1.15,
+    "fixed window R=1000 W=0.5s L=20ms N=10R": 1.15,
+    "fixed window R=1000 W=0.5s L=100ms N=10R": 1.55,
+    "fixed window R=1000 W=1s L=20ms N=10R": 1.35,
+    "fixed window R=1000 W=1s L=100ms N=10R": 1.50,
+    "sliding window R=300 W=0.5s L=20ms N=10R": 1.05,
+    "sliding window R=300 W=0.5s L=100ms N=10R": 1.25,
+    "sliding window R=300 W=1s L=20ms N=10R": 1.20,
+    "sliding window R=300 W=1s L=100ms N=10R": 1.25,
+    "sliding window R=1000 W=0.5s L=20ms N=10R": 1.40,
+    "sliding window R=1000 W=0.5s L=100ms N=10R": 1.35,
+    "sliding window R=1000 W=1s L=20ms N=10R": 1.80,
+    "sliding window R=1000 W=1s L=100ms N=10R": 1.50,
+}
+
+
+@pytest.mark.parametrize("cell", window_cells(), ids=lambda c: c.name)
+def test_a_window_limiter_loses_nothing_and_does_not_collapse(cell: Cell) -> None:
+    result = result_of(cell)
+    assert result.lost == 0
+    assert result.ratio <= WINDOWS[cell.name]
 
 
 def test_max_rate_is_a_ceiling() -> None:

@@ -18,7 +18,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import pytest
@@ -604,6 +604,7 @@ class Drive:
     control: RateControl
     trace: list[tuple[float, str, float]]  # (when, mode, rate) at every change of either
     sends: list[float]
+    oks: list[float]  # when each success was answered
 
     def rate_at(self, t: float) -> float:
         return [rate for when, _, rate in self.trace if when <= t][-1]
@@ -612,9 +613,9 @@ class Drive:
         """The rates the controller cruised at from ``since`` on."""
         return [rate for when, mode, rate in self.trace if when >= since and mode == "cruise"]
 
-    def per_second(self, start: int, end: int) -> list[int]:
-        """Requests sent in each whole second from ``start`` to ``end``."""
-        counts = Counter(int(t) for t in self.sends)
+    def per_second(self, start: int, end: int, *, granted: bool = False) -> list[int]:
+        """Requests sent (or, ``granted``, successes answered) in each whole second from ``start`` to ``end``."""
+        counts = Counter(int(t) for t in (self.oks if granted else self.sends))
         return [counts[second] for second in range(start, end)]
 
     def follow_time(self, at: float, limit: float) -> float | None:
@@ -623,6 +624,38 @@ class Drive:
             t - at for t, mode, rate in self.trace if t >= at and mode == "cruise" and abs(rate - limit) < 0.15 * limit
         ]
         return near[0] if near else None
+
+
+@dataclass
+class ServiceLimit:
+    """The service's limit in :func:`drive`: a token bucket, or a fixed-window limiter (``window`` seconds)."""
+
+    schedule: Schedule
+    burst: float
+    window: float
+    tokens: float
+    filled: float = 0.0
+    windows: Counter[int] = field(default_factory=Counter)  # requests per window, when ``window``
+
+    @staticmethod
+    def rate_at(schedule: Schedule, t: float) -> float | None:
+        return [rate for at, rate in schedule if at <= t][-1]
+
+    def grant(self, arrives: float) -> bool:
+        """Whether a request arriving then is granted."""
+        limit = self.rate_at(self.schedule, arrives)
+        if limit is None:
+            return True
+        if self.window:
+            index = int(arrives / self.window)
+            self.windows[index] += 1
+            return self.windows[index] <= limit * self.window
+        self.tokens = min(max(limit * self.burst, 1.0), self.tokens + (arrives - self.filled) * limit)
+        self.filled = arrives
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 def drive(
@@ -638,13 +671,15 @@ def drive(
     backlog: int = 0,
     full: bool = True,
     stall: tuple[float, float] | None = None,
+    window: float = 0.0,
 ) -> Drive:
     """The controller and a meter against a token bucket, without asyncio.
 
     The bucket's rate follows ``schedule`` (``(from, rate)`` steps; ``None``: no bucket), its size is ``burst``
     seconds of the rate (a tenth by default), and it starts full (``full``; else empty: others spent it).
     ``backlog``: the work bulk runs say is left (it stays the same all along). ``stall``: answers due in that
-    span of time arrive at its end. Requests leave ``1/control.rate``
+    span of time arrive at its end. ``window``: a fixed-window limiter instead of the bucket, granting the rate
+    times ``window`` requests in each window of that many seconds. Requests leave ``1/control.rate``
     apart (at once while unpaced) while fewer than ``control.window`` are in flight, reach the bucket after
     ``latency / 2`` and are answered after ``latency``; ``noise`` is the share of the others throttled at random.
     Answers feed the meter and the controller as the limiter does.
@@ -654,17 +689,14 @@ def drive(
     control = RateControl(meter, ceiling=ceiling, max_rate=max_rate, min_rate=1.0, rng=random.Random(seed), now=0.0)
     control.backlog = backlog
 
-    def bucket_rate(t: float) -> float | None:
-        return [rate for at, rate in schedule if at <= t][-1]
-
-    first = bucket_rate(0.0)
-    tokens = first * burst if first and full else 0.0
-    filled = 0.0
+    first = ServiceLimit.rate_at(schedule, 0.0)
+    limit = ServiceLimit(schedule, burst, window, tokens=first * burst if first and full else 0.0)
     answers: list[tuple[float, float, bool]] = []  # (answered at, sent at, throttled)
     last_send = -math.inf
     t = 0.0
     trace = [(0.0, control.mode, control.rate or 0.0)]
     sends: list[float] = []
+    oks: list[float] = []
     while t < seconds:
         rate = control.rate
         next_send = math.inf
@@ -677,28 +709,21 @@ def drive(
             if throttled:
                 control.on_throttled(phase, t)
             else:
+                oks.append(t)
                 control.on_ok(t)
         else:
             t = last_send = next_send
             meter.sent(t)
             sends.append(t)
             arrives = t + latency / 2
-            limit = bucket_rate(arrives)
-            granted = True
-            if limit is not None:
-                tokens = min(max(limit * burst, 1.0), tokens + (arrives - filled) * limit)
-                filled = arrives
-                granted = tokens >= 1.0
-                if granted:
-                    tokens -= 1.0
-            throttled = not granted or (noise > 0 and rng.random() < noise)
+            throttled = not limit.grant(arrives) or (noise > 0 and rng.random() < noise)
             due = t + latency
             if stall is not None and stall[0] <= due < stall[1]:
                 due = stall[1]  # the answers stall (a pause in the service or the client's loop), then arrive at once
             heapq.heappush(answers, (due, t, throttled))
         if (control.mode, control.rate or 0.0) != trace[-1][1:]:
             trace.append((t, control.mode, control.rate or 0.0))
-    return Drive(control, trace, sends)
+    return Drive(control, trace, sends, oks)
 
 
 @pytest.mark.parametrize("latency", [0.02, 0.05, 0.3])
@@ -795,6 +820,33 @@ def test_no_probe_starts_when_the_known_work_ends_within_two_seconds(backlog: in
     modes = [mode for _, mode, _ in run.trace]
     assert ("probe" in modes) is probes
     assert "cruise" in modes
+
+
+@pytest.mark.parametrize("rate", [300.0, 1000.0])
+@pytest.mark.parametrize("latency", [0.02, 0.1])
+@pytest.mark.parametrize("window", [0.5, 1.0])
+def test_a_spent_window_is_paused_at_not_halved_into(rate: float, latency: float, window: float) -> None:
+    """A fixed-window limiter refuses everything once its quota is spent, until the window turns.
+
+    Every answer then is a throttle, at any rate: a hard cut to a guess meets nothing but throttles as well, and
+    used to be halved again and again (to 2-20 requests/s against 300-1,000) before the window turned, then
+    probed back up. Now the client pauses (a request per round trip) and resumes at the rate when one is
+    granted: from the second second on, the service grants at least 90% of its quota (it was 38-89%).
+    """
+    run = drive(((0.0, rate),), latency=latency, seconds=10.0, window=window)
+    assert "paused" in {mode for _, mode, _ in run.trace}
+    assert sum(run.per_second(2, 10, granted=True)) >= 0.9 * 8 * rate
+
+
+@pytest.mark.parametrize("latency", [0.02, 0.1, 0.3])
+def test_a_blocked_account_gets_a_request_a_second(latency: float) -> None:
+    """Every request throttled from 3 s on (the account's quota is gone): the client pauses.
+
+    One request per round trip (0.1 s at least), the time doubling after each throttled one, up to a second.
+    """
+    run = drive(((0.0, 300.0), (3.0, 0.001)), latency=latency, seconds=12.0)
+    assert [mode for t, mode, _ in run.trace if t > 3.0][-1] == "paused"
+    assert max(run.per_second(5, 12)) <= 1
 
 
 @pytest.mark.parametrize("latency", [0.02, 0.15])
