@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 from .._auth import canonical_query
-from ._faults import AFTER_FAULTS, BEFORE_FAULTS, THROTTLE_FAULTS, FaultPicker, TokenBucket, scheduled_rate
+from ._faults import (
+    AFTER_FAULTS,
+    BEFORE_FAULTS,
+    THROTTLE_FAULTS,
+    FaultPicker,
+    TokenBucket,
+    WindowLimiter,
+    scheduled_rate,
+)
 from ._state import ServiceFault, decode_skiptoken, encode_skiptoken, parse_select, parse_state_filter
 from ._stats import Timeline
 
@@ -91,7 +99,7 @@ class Runtime:
         self.sleep = sleep
         self.endpoint = ""
         self.picker = FaultPicker(state.config.seed)
-        self.bucket: TokenBucket | None = None
+        self.bucket: TokenBucket | WindowLimiter | None = None
         self.config = state.config
         #: Run time 0 (monotonic), set by the first Deallocate or Start; ``None`` until then.
         self.origin: float | None = None
@@ -111,8 +119,20 @@ class Runtime:
         self.state.config = config
         self._key = base64.b64decode(config.key)
         self.origin = None
-        throttling = (config.throttle_rps, config.throttle_burst, config.throttle_schedule)
-        changed = (old.throttle_rps, old.throttle_burst, old.throttle_schedule) != throttling
+        throttling = (
+            config.throttle_rps,
+            config.throttle_burst,
+            config.throttle_schedule,
+            config.throttle_window,
+            config.throttle_sliding,
+        )
+        changed = (
+            old.throttle_rps,
+            old.throttle_burst,
+            old.throttle_schedule,
+            old.throttle_window,
+            old.throttle_sliding,
+        ) != throttling
         if config.throttle_schedule:
             if changed or self._step == _NO_STEP:
                 self.bucket = None  # set by the step in force, at the next request
@@ -120,8 +140,15 @@ class Runtime:
         elif config.throttle_rps is None:
             self.bucket = None
         elif self.bucket is None or changed:
-            self.bucket = TokenBucket(config.throttle_rps, config.throttle_burst, self.clock)
+            self.bucket = self._limiter(config.throttle_rps)
         self.wake()
+
+    def _limiter(self, rate: float) -> TokenBucket | WindowLimiter:
+        """The account's limit at ``rate``: the token bucket, or the window limiter when one is configured."""
+        config = self.config
+        if config.throttle_window is not None:
+            return WindowLimiter(rate, config.throttle_window, self.clock, sliding=config.throttle_sliding)
+        return TokenBucket(rate, config.throttle_burst, self.clock)
 
     def run_time(self, now: float) -> float:
         """Seconds since run time 0 (0 before it is set)."""
@@ -146,7 +173,7 @@ class Runtime:
             if rate is None:
                 self.bucket = None  # unlimited; a later limited step starts with a full bucket
             elif self.bucket is None:
-                self.bucket = TokenBucket(rate, config.throttle_burst, self.clock)
+                self.bucket = self._limiter(rate)
             elif self.bucket.rate != rate:
                 since = now if self.origin is None else self.origin + step
                 self.bucket.set_rate(rate, since)

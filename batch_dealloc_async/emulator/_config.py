@@ -210,6 +210,11 @@ class EmulatorConfig:
         max_clock_skew: Seconds an ``ocp-date``/``Date`` may be off (the service's 15 minutes).
         throttle_rps: Requests per second for the whole account; ``None`` for no throttling.
         throttle_burst: The token bucket's size.
+        throttle_window: Seconds: a window limiter instead of the token bucket, granting at most the rate
+            (``throttle_rps`` or the schedule's) times ``throttle_window`` requests per window (the burst is then
+            unused): fixed windows, counted afresh as each begins, or with ``throttle_sliding`` any span of that
+            many seconds. ``None``: the token bucket.
+        throttle_sliding: A sliding window rather than fixed ones (with ``throttle_window``).
         throttle_status: 429 (TooManyRequests) or 503 (ServerBusy) when throttled.
         throttle_schedule: Steps ``(at, rate)`` of run time: from ``at`` seconds on, the token bucket fills at
             ``rate`` requests per second (``None``: unlimited). Times ascend from 0; before the first step (if it
@@ -243,6 +248,8 @@ class EmulatorConfig:
     max_clock_skew: float = attrs.field(default=900.0, validator=_non_negative)
     throttle_rps: float | None = None
     throttle_burst: int = 30
+    throttle_window: float | None = None
+    throttle_sliding: bool = False
     throttle_status: int = 429
     throttle_schedule: tuple[tuple[float, float | None], ...] = attrs.field(default=(), converter=_schedule)
     outages: tuple[Outage, ...] = attrs.field(default=(), converter=_outages)
@@ -255,6 +262,10 @@ class EmulatorConfig:
             raise ValueError("throttle_rps must be > 0 (or None for no throttling)")
         if self.throttle_burst < 1:
             raise ValueError("throttle_burst must be >= 1")
+        if self.throttle_window is not None and not self.throttle_window > 0:
+            raise ValueError("throttle_window must be > 0 (or None for the token bucket)")
+        if self.throttle_sliding and self.throttle_window is None:
+            raise ValueError("throttle_sliding needs throttle_window (the window's length)")
         if self.throttle_status not in {429, 503}:
             raise ValueError("throttle_status must be 429 or 503")
 

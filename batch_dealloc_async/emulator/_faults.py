@@ -6,6 +6,7 @@ Every random choice is drawn from a seeded RNG.
 from __future__ import annotations
 
 import bisect
+import collections
 import math
 import random
 from typing import TYPE_CHECKING, Final
@@ -92,6 +93,59 @@ class TokenBucket:
     def retry_after(wait: float) -> str:
         """The Retry-After header for a wait: whole seconds, at least one."""
         return str(max(1, math.ceil(wait)))
+
+
+class WindowLimiter:
+    """At most ``rate x window`` requests granted per window of ``window`` seconds; the rest are throttled.
+
+    Fixed windows are counted afresh when each begins (the first begins when the limiter is made); a sliding window
+    grants a request when fewer than the quota were granted in the ``window`` seconds before it. Either way the
+    quota is a burst as fast as it is asked for, then nothing until the window turns (fixed) or the grants of a
+    window ago expire (sliding). It has :class:`TokenBucket`'s interface.
+
+    Args:
+        rate: Requests per second on average (the quota is this times ``window``, at least one).
+        window: The window's length in seconds.
+        sliding: A sliding window rather than fixed ones.
+        clock: Monotonic seconds.
+    """
+
+    __slots__ = ("_clock", "_count", "_granted", "_index", "_origin", "rate", "sliding", "window")
+
+    def __init__(self, rate: float, window: float, clock: Callable[[], float], *, sliding: bool = False) -> None:
+        self.rate = rate
+        self.window = window
+        self.sliding = sliding
+        self._clock = clock
+        self._origin = clock()
+        self._index = 0
+        self._count = 0
+        self._granted: collections.deque[float] = collections.deque()
+
+    def set_rate(self, rate: float, since: float) -> None:
+        """A new rate (quota) from now on; what the window granted so far still counts."""
+        del since
+        self.rate = rate
+
+    def take(self) -> float | None:
+        """Grant a request: ``None`` when the window has room, else the seconds until it will."""
+        now = self._clock()
+        quota = max(1.0, self.rate * self.window)
+        if self.sliding:
+            granted = self._granted
+            while granted and granted[0] <= now - self.window:
+                granted.popleft()
+            if len(granted) < quota:
+                granted.append(now)
+                return None
+            return granted[0] + self.window - now
+        index = int((now - self._origin) / self.window)
+        if index != self._index:
+            self._index, self._count = index, 0
+        if self._count < quota:
+            self._count += 1
+            return None
+        return self._origin + (index + 1) * self.window - now
 
 
 class FaultPicker:

@@ -110,6 +110,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--throttle-rps", type=float, help="requests per second before throttling (default: none)")
     parser.add_argument("--throttle-burst", type=int, default=30, help="token bucket size (default 30)")
+    parser.add_argument(
+        "--throttle-window",
+        type=float,
+        metavar="SECONDS",
+        help="a window limiter instead of the token bucket: at most the rate times SECONDS requests per window",
+    )
+    parser.add_argument(
+        "--throttle-sliding", action="store_true", help="with --throttle-window: a sliding window, not fixed ones"
+    )
     parser.add_argument("--throttle-status", type=int, choices=(429, 503), default=429)
     parser.add_argument("--fault-rate", type=_fraction, default=0.0, help="share of requests with an injected fault")
     parser.add_argument(
@@ -215,6 +224,8 @@ def config_from(args: argparse.Namespace) -> EmulatorConfig:
         auth=not args.no_auth,
         throttle_rps=args.throttle_rps,
         throttle_burst=args.throttle_burst,
+        throttle_window=args.throttle_window,
+        throttle_sliding=args.throttle_sliding,
         throttle_status=args.throttle_status,
         throttle_schedule=args.throttle_schedule,
         outages=args.outage,

@@ -145,6 +145,9 @@ FLAGS = [
     "0:600,5:150,15:none",
     "--throttle-burst",
     "40",
+    "--throttle-window",
+    "0.5",
+    "--throttle-sliding",
     "--outage",
     "10:5:refuse",
     "--outage",
@@ -176,6 +179,7 @@ def test_flags_become_the_config():
     assert config.seed == 4
     assert config.throttle_schedule == ((0.0, 600.0), (5.0, 150.0), (15.0, None))
     assert config.throttle_burst == 40
+    assert (config.throttle_window, config.throttle_sliding) == (0.5, True)
     assert config.throttle_status == 503
     assert config.outages == (Outage(10.0, 5.0, "refuse"), Outage(30.0, 2.5, "error_500"))
     assert config.start_task_failure == 0.25
@@ -229,9 +233,18 @@ def test_bad_flag_is_a_usage_error(flags, capsys):
 
 @pytest.mark.parametrize(
     "flags",
-    [["--throttle-schedule", "5:10,2:20"], ["--throttle-schedule", "0:0"], ["--timeline-bin", "0"]],
+    [
+        ["--throttle-schedule", "5:10,2:20"],
+        ["--throttle-schedule", "0:0"],
+        ["--timeline-bin", "0"],
+        ["--throttle-window", "0"],
+        ["--throttle-sliding"],
+    ],
 )
 def test_value_the_config_refuses_exits_2(flags, capsys):
-    """A value the configuration refuses (a descending schedule, a zero rate or bin) exits 2 before serving."""
+    """A value the configuration refuses exits 2 before serving.
+
+    A descending schedule, a zero rate, bin or window, a sliding window without its length.
+    """
     assert main(["--port", "0", *flags]) == 2
     assert "error:" in capsys.readouterr().err

@@ -119,6 +119,52 @@ async def test_schedule_changes_the_bucket_rate(session):
         assert [(t, rate) for t, *_, rate in emu.stats.timeline.rows()] == [(0.0, 0.1), (5.0, 0.2), (7.5, 0.2)]
 
 
+async def test_fixed_window_grants_its_quota_then_nothing_until_it_turns(session):
+    """throttle_window: at most the rate times the window per window; Retry-After says when the window turns."""
+    clock = FakeClock()
+    async with BatchEmulator(
+        pools={POOL: 10}, state_mix={"idle": 1.0}, throttle_rps=2.0, throttle_window=1.0, clock=clock.monotonic
+    ) as emu:
+        assert [(await list_nodes(session, emu)).status for _ in range(2)] == [200, 200]
+        clock.advance(0.4)
+        spent = await list_nodes(session, emu)
+        assert_error(spent, 429, "TooManyRequests")
+        assert spent.headers["Retry-After"] == "1"  # 0.6 s to the next window, in whole seconds
+        clock.advance(0.6)
+        assert [(await list_nodes(session, emu)).status for _ in range(3)] == [200, 200, 429]
+        assert emu.stats.throttled == 2
+
+
+async def test_sliding_window_grants_as_the_grants_of_a_window_ago_expire(session):
+    """throttle_sliding: a request is granted when fewer than the quota were granted in the window before it."""
+    clock = FakeClock()
+    async with BatchEmulator(
+        pools={POOL: 10},
+        state_mix={"idle": 1.0},
+        throttle_rps=2.0,
+        throttle_window=1.0,
+        throttle_sliding=True,
+        clock=clock.monotonic,
+    ) as emu:
+        assert (await list_nodes(session, emu)).status == 200  # at 0
+        clock.advance(0.4)
+        assert (await list_nodes(session, emu)).status == 200  # at 0.4
+        assert_error(await list_nodes(session, emu), 429, "TooManyRequests")
+        clock.advance(0.6)  # the grant at 0 has expired, the one at 0.4 has not
+        assert [(await list_nodes(session, emu)).status for _ in range(2)] == [200, 429]
+        clock.advance(0.4)  # the grant at 0.4 has expired
+        assert (await list_nodes(session, emu)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"throttle_window": 0.0}, "throttle_window"), ({"throttle_sliding": True}, "throttle_sliding")],
+)
+def test_window_is_validated(options, message):
+    with pytest.raises(ValueError, match=message):
+        EmulatorConfig(throttle_rps=10.0, **options)
+
+
 async def test_schedule_unlimited_steps_and_override(session):
     """Before the first step and in a None step there is no limit; a schedule replaces throttle_rps."""
     clock = FakeClock()

@@ -65,6 +65,24 @@ async def test_a_limit_that_moves_is_followed_and_nothing_is_lost() -> None:
     assert report.throttled < 0.25 * 900  # the simulation pins the figures; here: followed, not hammered
 
 
+@pytest.mark.parametrize("sliding", [False, True])
+async def test_a_window_limiter_is_ridden_out_and_nothing_is_lost(sliding: bool) -> None:
+    """At most 150 requests per 0.5 s window (fixed or sliding), refused whole once spent: every node accepted."""
+    async with BatchEmulator(
+        pools={"pool-a": 900},
+        state_mix={"idle": 1.0},
+        throttle_rps=300,
+        throttle_window=0.5,
+        throttle_sliding=sliding,
+        seed=7,
+    ) as emu:
+        async with BatchDeallocClient(emu.endpoint, emu.credential()) as client:
+            report = await client.deallocate_pool("pool-a")
+    assert report.counts["accepted"] == 900
+    assert len(report.outcomes) == 900
+    assert report.throttled > 0  # (the window did refuse; the simulation pins the figures)
+
+
 async def test_max_rate_holds_against_an_unlimited_service() -> None:
     """max_rate=150 against a service with no limit: never more than 150 requests in any second (+ slack)."""
     async with BatchEmulator(pools={"pool-a": 450}, state_mix={"idle": 1.0}, timeline_bin=1.0, seed=6) as emu:
