@@ -274,6 +274,31 @@ def start_cells(quick: bool) -> list[Cell]:
     ]
 
 
+def window_cells(quick: bool) -> list[Cell]:
+    """Off the issue's matrix: window limiters (Batch publishes no limit, let alone its algorithm)."""
+    configs = [(300, 1.0, False, 0, 5)] if quick else [(300, 1.0, False, 20, 10), (300, 1.0, True, 20, 10)]
+    if not quick:
+        configs.append((1000, 0.5, False, 20, 10))
+    return [
+        Cell(
+            group="window",
+            label=f"{'sliding' if sliding else 'fixed'} window {rate}/s per {window:g} s, L={ms} ms, N={multiple}R",
+            nodes=multiple * rate,
+            emulator=(
+                "--throttle-rps",
+                str(rate),
+                "--throttle-window",
+                f"{window:g}",
+                *(("--throttle-sliding",) if sliding else ()),
+                *latency(ms),
+            ),
+            ideal=float(multiple),
+            targets=(Target("vs_ideal", 1.25, "<= 1.25x (ours: no collapse)"), NOT_LOST),
+        )
+        for rate, window, sliding, ms, multiple in configs
+    ]
+
+
 def lag_cells(quick: bool) -> list[Cell]:
     """7. The event loop's lag beside a run at 1,000 requests/s."""
     nodes = 3000 if quick else 10000
@@ -299,6 +324,7 @@ def all_cells(quick: bool, full_matrix: bool) -> list[Cell]:
         *outage_cells(quick),
         *max_rate_cells(quick),
         *start_cells(quick),
+        *window_cells(quick),
         *lag_cells(quick),
     ]
 
@@ -640,6 +666,19 @@ def _max_rate_lines(rows: Entries) -> Iterator[str]:
         )
 
 
+def _window_lines(rows: Entries) -> Iterator[str]:
+    yield "A window limiter instead of the token bucket (`--throttle-window`, `--throttle-sliding`): at most R times"
+    yield "the window per window, refused whole once spent. Ideal = N / R. Not one of the issue's cells: our target."
+    yield ""
+    yield "| cell | time | time / ideal | throttled | nodes lost | meets targets |"
+    yield "|---|---|---|---|---|---|"
+    for cell, s in rows:
+        yield (
+            f"| {cell.label} | {sec(s['time'])} | {fmt(s['vs_ideal'], '.3f')}x | {pct(s['throttled_share'])} "
+            f"| {s['lost']} | {met(s)} |"
+        )
+
+
 def _lag_lines(rows: Entries) -> Iterator[str]:
     for cell, s in rows:
         yield (
@@ -684,6 +723,7 @@ TITLES = {
     "failing": "5b. A service that keeps failing",
     "max_rate": "6. max_rate",
     "start": "Start runs (issue 12): the inverse direction",
+    "window": "Window limiters (off the matrix)",
     "lag": "7. Event loop lag",
 }
 SECTIONS = {
@@ -695,6 +735,7 @@ SECTIONS = {
     "failing": _failing_lines,
     "max_rate": _max_rate_lines,
     "start": _start_lines,
+    "window": _window_lines,
     "lag": _lag_lines,
 }
 
