@@ -18,8 +18,8 @@ Modes:
 * ``paused``: a cut to a guess (after heavy throttling that measured nothing) was throttled whole as well: the
   service grants nothing at any rate now (a window limiter whose quota is spent refuses everything until the
   window turns; an account blocked for a while). Halving again and again would leave the rate far under the
-  service's when it grants again: one request per round trip (0.1 s at least) goes until one is granted, then
-  the cruise resumes at the rate it paused at.
+  service's when it grants again: one request per round trip (0.1 s at least, doubling with each throttled one
+  up to a second) goes until one is granted, then the cruise resumes at the rate it paused at.
 * ``probe``: a staircase: each step a round trip long (0.15 s at least), the first 5% above the
   measured rate, each further step twice the one before (5%, 10%, 20%, 40%...). At an unchanged limit the
   second step meets throttling and the overshoot is a few percent for a round trip; a limit that went up four
