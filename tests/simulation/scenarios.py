@@ -86,6 +86,7 @@ class Result:
     cpu: float
     trace: list[tuple[float, ...]] = field(default_factory=list)
     outcomes: list[Any] = field(default_factory=list)
+    others_share: float = 0.0  # the other user's throttled share (``ServiceModel.background``)
 
     @property
     def ratio(self) -> float:
@@ -175,6 +176,7 @@ async def _run(cell: Cell) -> Result:
         cpu=time.process_time() - cpu,
         trace=trace,
         outcomes=outcomes,
+        others_share=service.background_throttled / max(1, service.background_granted + service.background_throttled),
     )
 
 
@@ -257,6 +259,39 @@ def window_cells() -> list[Cell]:
     return cells
 
 
+def tail_cells() -> list[tuple[Cell, Cell]]:
+    """Off the matrix: a heavy tail of slow answers (1% or 5% take 0.3-2 s more), each with its reference.
+
+    The reference is a client paced at exactly the bucket's rate, not adaptive: the slow answers that come last
+    lengthen every run alike (a run's end waits for its slowest answer), so the ideal N/R says little here.
+    """
+    pairs = []
+    for rate, burst, latency in ((300, 30, 0.02), (1000, 100, 0.05), (300, 300, 0.05)):
+        for slow in (0.01, 0.05):
+            model = ServiceModel(rate=rate, burst=burst, latency=latency, jitter=latency / 5, slow=(slow, 0.3, 2.0))
+            name = f"tail R={rate} B={burst} L={latency * 1000:g}ms {slow:.0%} slow N=10R"
+            cell = Cell(name, model, nodes=10 * rate)
+            reference = replace(cell, name=f"{name}: paced at R", max_rate=float(rate), options={"adaptive": False})
+            pairs.append((cell, reference))
+    return pairs
+
+
+def background_cells() -> list[Cell]:
+    """Off the matrix: another user of the account sends a steady load (Poisson, not retried) on the same bucket.
+
+    What is left for the run is the rate less that load; the ideal is N over it. The figure to watch besides the
+    time is the other user's throttled share (``Result.others_share``): what the run costs the account's other
+    traffic (job submissions, say).
+    """
+    cells = []
+    for latency in (0.02, 0.1):
+        for rate, background in ((400, 100), (400, 200), (400, 300), (1000, 500)):
+            model = ServiceModel(rate=rate, burst=rate / 10, latency=latency, jitter=latency / 5, background=background)
+            name = f"background {background}/s on R={rate} L={latency * 1000:g}ms"
+            cells.append(Cell(name, model, nodes=int(10 * (rate - background)), ideal=10.0))
+    return cells
+
+
 def noise_cells() -> list[tuple[Cell, Cell]]:
     """Cell 2: no limit, random throttling; each with its fault-free baseline."""
     latency = 0.02
@@ -316,12 +351,12 @@ def max_rate_cell() -> Cell:
     return Cell("max_rate 200/s", ServiceModel(latency=0.02), nodes=2000, ideal=10.0, max_rate=200.0)
 
 
-def _seeded(job: tuple[Cell, int]) -> tuple[str, float, float, float]:
-    """One cell's run with another seed: (name, time / ideal, throttled share, finish-time spread)."""
+def _seeded(job: tuple[Cell, int]) -> tuple[str, float, float, float, float]:
+    """One cell's run with another seed: (name, time / ideal, throttled share, finish-time spread, others')."""
     cell, seed = job
     result = run(replace(cell, model=replace(cell.model, seed=seed)))
     spread = max(result.finish_times) / min(result.finish_times) if len(result.finish_times) > 1 else 1.0
-    return cell.name, result.ratio, result.share, spread
+    return cell.name, result.ratio, result.share, spread, result.others_share
 
 
 def _sweep(cells: list[Cell], seeds: int) -> None:
@@ -335,6 +370,11 @@ def _sweep(cells: list[Cell], seeds: int) -> None:
             f"{cell.name:<46} time/ideal mean {statistics.mean(ratios):.3f} max {max(ratios):.3f}  "
             f"throttled mean {statistics.mean(row[2] for row in mine) * 100:5.1f}%  "
             f"spread median {statistics.median(row[3] for row in mine):.2f}"
+            + (
+                f"  others throttled {statistics.mean(row[4] for row in mine) * 100:4.1f}%"
+                if cell.model.background
+                else ""
+            )
         )
     long = [row for row in rows if row[0].startswith("bucket R=") and row[0].endswith(" N=10R") and "+" not in row[0]]
     short = [row for row in rows if row[0].startswith("bucket R=") and row[0].endswith(" N=3R")]
@@ -358,6 +398,7 @@ def main(argv: list[str]) -> int:
     cells += [shared_cell(), shared_cell(0.1)]
     cells += outage_cells()
     cells += window_cells()
+    cells += [c for pair in tail_cells() for c in pair[:1]] + background_cells()
     cells += [c for pair in noise_cells() for c in pair[:1]] + [noise_cells()[0][1], max_rate_cell(), start_cell()]
     wanted = [c for c in cells if not argv or any(a in c.name for a in argv)]
     if seeds:

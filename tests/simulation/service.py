@@ -59,6 +59,10 @@ class ServiceModel:
         error_500: Share of requests answered ``500 InternalError`` (not processed).
         outages: Outage windows.
         stalls: ``(start, duration)`` windows: answers that would reach the client in one arrive at its end.
+        background: Requests/s another user of the account sends at random (Poisson) times, taking the bucket's
+            tokens as ours do (throttled when it is dry, and not retried): a shared account's steady load.
+        slow: ``(share, low, high)``: this share of requests takes ``low``-``high`` seconds more to answer (drawn
+            uniformly; a slow backend call), on top of the latency: a heavy tail, as real services have.
         initial_state: Every node's state at first (``deallocated`` for start runs).
         seed: Seeds every random choice.
     """
@@ -75,6 +79,8 @@ class ServiceModel:
     error_500: float = 0.0
     outages: tuple[Outage, ...] = ()
     stalls: tuple[tuple[float, float], ...] = ()
+    slow: tuple[float, float, float] | None = None
+    background: float = 0.0
     initial_state: str = "idle"
     seed: int = 1
 
@@ -124,6 +130,10 @@ class SimService:
         self.accepted = 0
         self.during_outage = 0
         self.timeline = Timeline()
+        self.background_rng = random.Random(f"background-{model.seed}")
+        self.next_background = start + (self.background_rng.expovariate(model.background) if model.background else 0.0)
+        self.background_granted = 0
+        self.background_throttled = 0
 
     def _take(self, t: float) -> float | None:
         """A token, or the seconds until one."""
@@ -133,12 +143,27 @@ class SimService:
             return None
         if self.model.window:
             return self._window(t, rate * self.model.window)
+        if self.model.background:
+            self._background(t, rate)
         self.tokens = min(self.model.burst, self.tokens + (t - self.last) * rate)
         self.last = t
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return None
         return (1.0 - self.tokens) / rate
+
+    def _background(self, t: float, rate: float) -> None:
+        """The other user's requests since the last arrival, each taking a token if there is one."""
+        while self.next_background < t:
+            at = self.next_background
+            self.tokens = min(self.model.burst, self.tokens + (at - self.last) * rate)
+            self.last = at
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                self.background_granted += 1
+            else:
+                self.background_throttled += 1
+            self.next_background += self.background_rng.expovariate(self.model.background)
 
     def _window(self, t: float, quota: float) -> float | None:
         """A window limiter's grant (``None``), or the seconds until it has room."""
@@ -232,6 +257,7 @@ class SimExchange:
     def __init__(self, service: SimService) -> None:
         self.service = service
         self.rng = random.Random(f"exchange-{service.model.seed}")
+        self.slow_rng = random.Random(f"slow-{service.model.seed}")  # apart: the rest draws as without slow answers
         self.refused = 0
         self.log: list[tuple[float, float, int]] = []  # (sent, answered, status), for debugging a run
 
@@ -244,6 +270,12 @@ class SimExchange:
     def _delay(self) -> float:
         model = self.service.model
         return model.latency + (self.rng.uniform(0.0, model.jitter) if model.jitter else 0.0)
+
+    def _slow(self) -> float:
+        slow = self.service.model.slow
+        if slow is None or self.slow_rng.random() >= slow[0]:
+            return 0.0
+        return self.slow_rng.uniform(slow[1], slow[2])
 
     async def __call__(
         self,
@@ -273,7 +305,7 @@ class SimExchange:
                 status, reply_headers, reply_body = service.handle(
                     method, url.split("://", 1)[1].partition("/")[2], loop.time()
                 )
-                await asyncio.sleep(self._delay())
+                await asyncio.sleep(self._delay() + self._slow())
                 if (end := service.stall_end(loop.time())) is not None:
                     await asyncio.sleep(end - loop.time())
         except TimeoutError:
