@@ -127,8 +127,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=2, help="runs (2)")
     parser.add_argument("--max-rate", type=float, default=None, help="our client's max_rate (none)")
     args = parser.parse_args(argv)
-    if not 0 <= args.other < args.rate:
-        parser.error("--other must be at least 0 and under --rate")
+    if not 0 < args.other < args.rate:
+        parser.error("--other must be above 0 and under --rate (without other load, run the control suite)")
     client_core, server_core = cores()
     for _ in range(args.runs):
         print(json.dumps(one_run(args, client_core, server_core)), flush=True)
