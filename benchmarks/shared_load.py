@@ -65,7 +65,7 @@ async def main():
             await asyncio.sleep(max(0.0, at - time.time()))
             tasks.append(asyncio.ensure_future(one(node)))
         await asyncio.gather(*tasks)
-        reporter.cancel()
+        await reporter  # reports on (counts no longer move) until the run is over and this process is killed
 
 asyncio.run(main())
 """
