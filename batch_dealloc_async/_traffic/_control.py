@@ -316,8 +316,10 @@ class RateControl:
             phase.first_throttled = (now, self._episode.oks, self._episode.throttles)
         self._answer(now)
         self._episode.throttled(now, quiet=max(_QUIET, 2.0 * (rtt.smoothed or 0.0)), guard=2.0 * rtt.variation)
-        if self.mode in {"drain", "paused"}:
-            return self._drained(now) if self.mode == "drain" else self._still_paused(phase, now)
+        if self.mode == "drain":
+            return self._drained(now)
+        if self.mode == "paused":
+            return self._still_paused(phase, now)
         if self._guessing and self.mode == "cruise":
             # After a hard cut the rate is a guess: as soon as the throttling still coming in measures the service's
             # rate, go to it (the new phase would take a round trip to show what the old one already says).

@@ -72,6 +72,17 @@ def _nothing() -> None:
     pass
 
 
+def _throttling(config: EmulatorConfig) -> tuple[object, ...]:
+    """The settings that make the account's limiter: a change in any of them makes a new one."""
+    return (
+        config.throttle_rps,
+        config.throttle_burst,
+        config.throttle_schedule,
+        config.throttle_window,
+        config.throttle_sliding,
+    )
+
+
 class Runtime:
     """What the handlers share: state, configuration, counters, the bucket, the fault RNG and run time 0.
 
@@ -119,20 +130,7 @@ class Runtime:
         self.state.config = config
         self._key = base64.b64decode(config.key)
         self.origin = None
-        throttling = (
-            config.throttle_rps,
-            config.throttle_burst,
-            config.throttle_schedule,
-            config.throttle_window,
-            config.throttle_sliding,
-        )
-        changed = (
-            old.throttle_rps,
-            old.throttle_burst,
-            old.throttle_schedule,
-            old.throttle_window,
-            old.throttle_sliding,
-        ) != throttling
+        changed = _throttling(old) != _throttling(config)
         if config.throttle_schedule:
             if changed or self._step == _NO_STEP:
                 self.bucket = None  # set by the step in force, at the next request
