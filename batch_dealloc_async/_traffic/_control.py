@@ -14,7 +14,8 @@ Modes:
 * ``cruise``: paced at ``CRUISE_GAIN`` x the measured rate, for a second or so (drawn, so that clients sharing
   an account do not probe in step), and for at least a hundred requests. When bulk runs say the work left
   ends within ``_ENDGAME`` seconds, cruise lasts to the end: a probe's throttled requests would wait out their
-  ``Retry-After`` (a second or more) after everything else was done.
+  ``Retry-After`` (a second or more) after everything else was done. For the same reason each second or so of
+  that last cruise that was throttled beyond the noise floor lowers it by the excess.
 * ``paused``: a cut to a guess (after heavy throttling that measured nothing) was throttled whole as well: the
   service grants nothing at any rate now (a window limiter whose quota is spent refuses everything until the
   window turns; an account blocked for a while). Halving again and again would leave the rate far under the
@@ -24,6 +25,9 @@ Modes:
   measured rate, each further step twice the one before (5%, 10%, 20%, 40%...). At an unchanged limit the
   second step meets throttling and the overshoot is a few percent for a round trip; a limit that went up four
   times is found in five or six steps. A step that meets throttling before it measures the service holds there.
+  A step climbs only when its answers were no more throttled than noise explains: one that heard a little
+  throttling, not yet clearly congestion, holds until its answers decide, and after three steps' time undecided
+  the probe ends at the last clean step (a step of a few answers hears a dry bucket as one or two throttles).
 
 Whatever the mode, a phase whose throttled answers exceed the noise floor by more than chance explains, and by
 a clear share, is congestion: the rate is cut to ``CRUISE_GAIN`` x the measured rate (or hard, by half,
@@ -85,6 +89,7 @@ _PAUSE_MAX: Final = 1.0  # ...doubling with each throttled one up to this
 _GRANTED_SPAN: Final = 1.0  # seconds of successes counted for the floor under a measure taken after a cut:
 _MISREAD: Final = 0.25  # a measure under this share of them is not the service's rate...
 _GRANTED_FLOOR: Final = 0.5  # ...and this share of them is taken instead
+_UNDECIDED: Final = 3.0  # a probe step throttled a little, neither clean nor congested, holds this many steps' time
 _DRAIN_ANSWERS: Final = 3  # successes between throttled answers that measure the rate once a drain is over
 
 
@@ -439,10 +444,32 @@ class RateControl:
         elif self.mode == "cruise":
             if now >= self._hold_until:
                 self._end_cruise(now)
-        elif now - self._step_since >= max(_MIN_STEP_TIME, (self._meter.rtt.smoothed or 0.0) + 0.1):
+        elif now - self._step_since >= (step_time := max(_MIN_STEP_TIME, (self._meter.rtt.smoothed or 0.0) + 0.1)):
+            step = self._meter.current
+            if not self._clean(step):
+                # Throttled more than noise explains, if not clearly yet: a step of a few answers sees a dry
+                # bucket's throttling as two or three. Climbing on would double the step into the limit (a client
+                # at 46/s sharing an account climbed so to 1,440/s). Hold until the answers decide; undecided
+                # after three steps' time, the limit is about here: cruise at the last clean step.
+                if now - step.start < _UNDECIDED * step_time:
+                    self._step_since = now
+                else:
+                    _log.debug("probe step %r undecided: cruising at %.1f requests/s", step, self._accepted)
+                    self.btl = self._accepted / CRUISE_GAIN
+                    self._cruise(now, self._accepted)
+                return
             self._step += 1  # the step went unthrottled for a round trip: the service has room
             self._accepted = self.rate or self._accepted
             self._climb(now)
+
+    def _clean(self, phase: Phase, *, floor: float = 0.5 * _ASSUMED_NOISE) -> bool:
+        """No more throttled answers in ``phase`` than noise explains, give or take one and a deviation.
+
+        Noise: the floor learned, or ``floor`` if higher (by default half the noise assumed before the floor is
+        learned: random throttling of a few percent shows in every probe step long before a cruise has learned it).
+        """
+        expected = max(self.noise, floor) * phase.answered
+        return phase.throttled <= expected + 1.0 + math.sqrt(expected)
 
     # -------------------------------------------------------------------------------------------------- moves
 
@@ -626,8 +653,15 @@ class RateControl:
             # The work ends within a probe's cost: a probe's throttled requests would wait out a Retry-After after
             # the rest is done. Cruise on, a little lower: any throttled answer now lengthens the run by a second.
             if self.rate is not None and self.btl > 0:
+                if phase.answered >= _LEARN_ANSWERS and not self._clean(phase, floor=0.0):
+                    # Still throttled beyond the noise learned (a measure a few percent high, or a limit a little
+                    # lower now): each throttle costs its node a Retry-After at the end of the run, more than a few
+                    # percent of the rate does. Down by the excess.
+                    self.btl *= 1.0 - max(0.0, phase.share() - self.noise)
+                    _log.debug("endgame cruise throttled %.1f%%: %.1f requests/s", 100 * phase.share(), self.btl)
                 self._set_rate(min(self.rate, self.btl * _ENDGAME_GAIN), now)
             self._hold_until = now + self._rng.uniform(*_HOLD)
+            self._meter.begin("cruise", now)  # each stretch of the endgame is judged on its own answers
             return
         if phase.kind != "cruise" or phase.answered < _LEARN_ANSWERS:
             self._probe(now)

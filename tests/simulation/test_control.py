@@ -243,15 +243,16 @@ def test_a_heavy_tail_of_slow_answers_costs_about_what_it_costs_a_pacer_at_the_t
 # what is left, losing nothing, but the other user's requests are throttled 5-19% (a client paced at 0.98x what is
 # left throttles them under 1%). The measure in a shared dry bucket is the run's own share of its grants, R x r / (r
 # + b), above what is left (R - b) by b x the throttled share; and throttling the run causes and cannot shed with a
-# small nudge is learned as noise. The other user's throttled share, as measured (rounded up); the aim is 5%:
+# small nudge is learned as noise. The other user's throttled share, as measured (rounded up; seed 1 only: two
+# cells rose by a point with the clean-step rule, while their means over 8 seeds fell); the aim is 5%:
 BACKGROUND: Final[dict[str, float]] = {
     "background 100/s on R=400 L=20ms": 0.09,
-    "background 200/s on R=400 L=20ms": 0.14,
+    "background 200/s on R=400 L=20ms": 0.15,
     "background 300/s on R=400 L=20ms": 0.19,
     "background 500/s on R=1000 L=20ms": 0.06,
     "background 100/s on R=400 L=100ms": 0.06,
     "background 200/s on R=400 L=100ms": 0.14,
-    "background 300/s on R=400 L=100ms": 0.11,
+    "background 300/s on R=400 L=100ms": 0.12,
     "background 500/s on R=1000 L=100ms": 0.06,
 }
 
