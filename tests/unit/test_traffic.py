@@ -619,6 +619,19 @@ class Drive:
         counts = Counter(int(t) for t in (self.oks if granted else self.sends))
         return [counts[second] for second in range(start, end)]
 
+    def staircases(self) -> list[list[float]]:
+        """Each probe: the cruise before it, its steps, and the cruise after."""
+        result: list[list[float]] = []
+        climbing: list[float] = []
+        for (_, _, r0), (_, mode, r1) in itertools.pairwise(self.trace):
+            if mode == "probe":
+                climbing = climbing or [r0]
+                climbing.append(r1)
+            elif climbing:
+                result.append([*climbing, r1])
+                climbing = []
+        return result
+
     def follow_time(self, at: float, limit: float) -> float | None:
         """Seconds after ``at`` until the controller cruised within 15% of ``limit``."""
         near = [
@@ -907,15 +920,7 @@ def test_a_probe_staircase_that_meets_throttling_cuts_back_to_about_the_limit(la
     """Probes step 5%, then 10%, 20%... more each step; the step that meets the bucket cuts back to 0.95R..1.0R."""
     rate = 300.0
     run = drive(((0.0, rate),), latency=latency, seconds=15.0)
-    staircases: list[list[float]] = []  # the cruise before, each step, the cruise after
-    climbing: list[float] = []
-    for (_, _, r0), (_, mode, r1) in itertools.pairwise(run.trace):
-        if mode == "probe":
-            climbing = climbing or [r0]
-            climbing.append(r1)
-        elif climbing:
-            staircases.append([*climbing, r1])
-            climbing = []
+    staircases = run.staircases()
     assert len(staircases) >= 5
     for cruise, *steps, cut in staircases[1:]:  # the first follows startup's guess; later ones a measured cruise
         assert steps[0] / cruise == pytest.approx(1.05 / CRUISE_GAIN, rel=0.01)
@@ -964,20 +969,6 @@ def test_a_probe_step_that_heard_nothing_does_not_climb() -> None:
     assert climbs[0] >= probe + 0.4 + 0.25
 
 
-def staircases(run: Drive) -> list[list[float]]:
-    """Each probe of a run: the cruise before it, its steps, and the cruise after."""
-    result: list[list[float]] = []
-    climbing: list[float] = []
-    for (_, _, r0), (_, mode, r1) in itertools.pairwise(run.trace):
-        if mode == "probe":
-            climbing = climbing or [r0]
-            climbing.append(r1)
-        elif climbing:
-            result.append([*climbing, r1])
-            climbing = []
-    return result
-
-
 @pytest.mark.parametrize(("rate", "others"), [(400.0, 300.0), (1000.0, 900.0)])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_probe_on_an_account_another_user_keeps_nearly_dry_stops_at_the_step_that_met_throttling(
@@ -990,7 +981,7 @@ def test_a_probe_on_an_account_another_user_keeps_nearly_dry_stops_at_the_step_t
     the median probe peaks at 1.41x (steps 5%, 10%, 20%: 1.05 x 1.1 x 1.2 / 0.98 = 1.41).
     """
     run = drive(((0.0, rate),), latency=0.02, seconds=15.0, others=others, seed=seed)
-    peaks = [max(steps) / cruise for cruise, *steps, _ in staircases(run)]
+    peaks = [max(steps) / cruise for cruise, *steps, _ in run.staircases()]
     assert len(peaks) >= 5
     assert statistics.median(peaks) <= 1.5
 
