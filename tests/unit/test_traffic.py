@@ -956,6 +956,37 @@ def test_a_stall_in_the_answers_is_not_read_as_a_limit(rate: float, latency: flo
         assert sent >= 0.85 * 2.0 * rate, f"stall at {start:.1f} s"
 
 
+@pytest.mark.parametrize(("gap", "stalled"), [(0.016, False), (0.025, False), (0.1, True)])
+def test_answers_bunched_by_a_busy_loop_are_not_a_stall(
+    caplog: pytest.LogCaptureFixture, gap: float, stalled: bool
+) -> None:
+    """At 1,000 answers/s over a steady 300 ms round trip, an answer ``gap`` seconds after the last, as late.
+
+    A stall is no answer for five answers' time at the rate (30 ms at least) plus four round-trip variations,
+    and an answer held as long. On real sockets at 150 ms one way, a busy loop's timers delivered answers in
+    batches 16 ms apart; with a 10 ms floor that read as a stall, the drain's measure restarted a round trip later,
+    and it measured nothing (cruising at a guess of 608/s against 300/s) or a few answers (456/s).
+    """
+    meter = Meter(0.0)
+    control = RateControl(meter, ceiling=512, max_rate=1000.0, min_rate=1.0, rng=random.Random(1), now=0.0)
+    sends = [0.001 * k for k in range(300)]
+    for sent_at in sends:
+        meter.sent(sent_at)
+    for k in range(3000):  # a request out and one answered every millisecond: startup grows to the ceiling
+        t = 0.3 + 0.001 * k
+        meter.sent(t)
+        meter.done(sends[k])
+        meter.answered(sends[k], t, throttled=False)
+        control.on_ok(t)
+        sends.append(t)
+    assert control.rate == 1000.0
+    caplog.set_level(logging.DEBUG, logger="batch_dealloc_async.traffic")
+    meter.done(sends[3000])
+    meter.answered(sends[3000], t + gap, throttled=False)
+    control.on_ok(t + gap)
+    assert ("stalled" in caplog.text) is stalled
+
+
 def test_a_probe_step_that_heard_nothing_does_not_climb() -> None:
     """A step climbs after a full step's time (a round trip and 0.1 s) with answers: a stall is not "no throttling".
 
