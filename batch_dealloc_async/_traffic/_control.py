@@ -4,8 +4,8 @@ The sending rate is the control; the rate successes arrive at while the service 
 (:class:`Episode`: the bucket is dry then, so successes come exactly at its refill rate, whatever burst it had).
 Modes:
 
-* ``startup``: the rate doubles every round trip (never faster than every ``_GROWTH_TIME``) until the service
-  throttles more than noise explains.
+* ``startup``: the opening window (32 requests) is paced over a tenth of a second, then the rate doubles every
+  round trip (never faster than every ``_GROWTH_TIME``) until the service throttles more than noise explains.
 * ``drain``: startup's first congestion stops the sending until the requests already in flight are answered.
   They were sent at up to several times the service's rate (a burst hides the limit until it runs dry), so they
   keep the service busy for a round trip whatever the client does next, and their answers measure its rate:
@@ -70,12 +70,14 @@ _MIN_EPISODE: Final = 0.05  # seconds of them, at least
 _QUIET: Final = 0.2  # seconds without throttling that end an episode (or two round trips, if longer)
 _ASSUMED_NOISE: Final = 0.05  # the random throttling startup and cruising allow for before the floor is learned
 _SURPRISE: Final = 6.9  # ln(1/0.001): how unlikely, under that noise, throttling must be to count as congestion
+_TESTED: Final = 10  # startup phases tested at that bar; after them it rises by ln(phases / this) (see congested())
 _HEAVY: Final = 0.5  # a phase throttled this much is cut hard at once, measured or not...
 _HEAVY_ANSWERS: Final = 8  # ...once it has this many answers
 _SETTLE: Final = 0.005  # seconds (plus a quarter round trip) after a cut before the new phase counts
 _START_WINDOW: Final = 32
 _GROWTH: Final = 2.0  # startup multiplies the rate by this per round trip...
 _GROWTH_TIME: Final = 0.2  # ...but never faster than once per this many seconds
+_OPENING_TIME: Final = 0.1  # before the first answer, the opening window is paced over this many seconds
 _RUNAWAY: Final = 4.0  # a growing rate never runs ahead of four times what the client actually sends
 _DROPPED: Final = 0.6  # a service rate measured under this share of the rate is a fallen limit: cut at once
 _ENDGAME: Final = 2.0  # seconds of known work left (plus two round trips) under which no probe starts
@@ -91,6 +93,7 @@ _MISREAD: Final = 0.25  # a measure under this share of them is not the service'
 _GRANTED_FLOOR: Final = 0.5  # ...and this share of them is taken instead
 _UNDECIDED: Final = 3.0  # a probe step throttled a little, neither clean nor congested, holds this many steps' time
 _DRAIN_ANSWERS: Final = 3  # successes between throttled answers that measure the rate once a drain is over
+_OUTPACED: Final = 1.2  # ...if the client sent this much faster meanwhile, or they measure more than the guess
 
 
 class Episode:
@@ -106,7 +109,18 @@ class Episode:
     reaches back before that phase's first throttled answer (:meth:`rate`'s ``since``).
     """
 
-    __slots__ = ("_base", "_first", "_last", "_oks_at_last", "_quiet", "_start", "_throttles_base", "oks", "throttles")
+    __slots__ = (
+        "_base",
+        "_first",
+        "_last",
+        "_oks_at_last",
+        "_quiet",
+        "_start",
+        "_throttles_base",
+        "oks",
+        "spanned",
+        "throttles",
+    )
 
     def __init__(self) -> None:
         self._first: float | None = None
@@ -118,6 +132,7 @@ class Episode:
         self._quiet = 0.0
         self.oks = 0  # successes ever
         self.throttles = 0  # throttled answers ever
+        self.spanned = (0.0, 0.0)  # the answer times the last measure spanned
 
     def throttled(self, now: float, *, quiet: float, guard: float) -> None:
         """A throttled answer arrived; after ``quiet`` seconds without one, a new episode begins.
@@ -191,13 +206,14 @@ class Episode:
         ok = self._oks_at_last - base
         if seconds < span or ok < trusted:
             return None
+        self.spanned = (start, self._last)
         return ok / seconds
 
 
-def _unlikely(k: int, n: int, p: float) -> bool:
+def _unlikely(k: int, n: int, p: float, surprise: float = _SURPRISE) -> bool:
     """Whether ``k`` throttles in ``n`` answers are too many for a throttling chance ``p``.
 
-    Chernoff's bound: the chance of as many is below exp(-n KL(k/n || p)); it must be under exp(-``_SURPRISE``).
+    Chernoff's bound: the chance of as many is below exp(-n KL(k/n || p)); it must be under exp(-``surprise``).
     """
     share = k / n
     if share <= p:
@@ -205,7 +221,7 @@ def _unlikely(k: int, n: int, p: float) -> bool:
     divergence = share * math.log(share / p)
     if share < 1.0:
         divergence += (1.0 - share) * math.log((1.0 - share) / (1.0 - p))
-    return n * divergence > _SURPRISE
+    return n * divergence > surprise
 
 
 class RateControl:
@@ -236,6 +252,7 @@ class RateControl:
         "_min_rate",
         "_nudged",
         "_paused",
+        "_phases",
         "_rng",
         "_since",
         "_step",
@@ -268,7 +285,13 @@ class RateControl:
         self._min_rate = min_rate
         self._rng = rng
         self.mode = "startup"
-        self.rate: float | None = max_rate  # unpaced until the first answer tells the round trip (or the ceiling)
+        # Until the first answer tells the round trip, the opening window is paced over _OPENING_TIME, not sent at
+        # once: against a bucket of a few tokens (or one others have spent) it was throttled whole, 27 of 32
+        # requests against a burst of 5, and clients of one account that started together split it by who came
+        # first (the first took the burst and grew; the others guessed low, and every later move kept the split).
+        self.rate: float | None = self._opening_rate(_OPENING_TIME)
+        if max_rate is not None:
+            self.rate = min(max_rate, self.rate)
         self.window = float(min(_START_WINDOW, ceiling))
         self.noise = 0.0
         self.cuts = 0
@@ -290,6 +313,7 @@ class RateControl:
         self._since: tuple[float, int, int] | None = None  # the congested phase's first throttle, when draining
         self.backlog = 0  # nodes bulk runs still have to do (0: unknown, or none)
         self._paused = 0.0  # the rate a pause resumes at
+        self._phases = 0  # startup's phases so far (see congested())
         self._granted: collections.deque[float] = collections.deque()  # when the last second's successes came
 
     def __repr__(self) -> str:
@@ -304,7 +328,10 @@ class RateControl:
         A probe step is judged against the floor just learned while cruising. Startup and cruising judge against
         at least ``_ASSUMED_NOISE`` (random throttling of a few percent looks like a small overshoot until the
         floor has learned it), with a binomial tail bound: heavy throttling shows in a dozen answers, random
-        throttling of 5% almost never passes.
+        throttling of 5% almost never passes. A startup that goes on (a client held back by its own window never
+        meets the service's limit) is tested phase after phase: after ``_TESTED`` phases the bar rises by the log
+        of how many, as in a multiple-comparison correction (5% random throttling over 20 s of startup was taken
+        for congestion in one run in 12 to 20: a drain, then a second or two at 0.6-0.8x the rate).
         """
         expected = self.noise * phase.answered
         excess = phase.throttled - expected
@@ -312,7 +339,8 @@ class RateControl:
             return False
         if phase.kind == "probe":
             return True
-        return _unlikely(phase.throttled, phase.answered, max(self.noise, _ASSUMED_NOISE))
+        surprise = _SURPRISE + math.log(max(1.0, self._phases / _TESTED)) if phase.kind == "startup" else _SURPRISE
+        return _unlikely(phase.throttled, phase.answered, max(self.noise, _ASSUMED_NOISE), surprise)
 
     def on_throttled(self, phase: Phase | None, now: float) -> bool:
         """A throttled answer (to a request sent in ``phase``) arrived now; True when it made a cut."""
@@ -482,6 +510,7 @@ class RateControl:
             # A phase per round trip: the congestion test then weighs what the last round trip met, not the
             # whole start with all its early successes.
             self._meter.begin("startup", now)
+            self._phases += 1
         rtt = max(rtt, _GROWTH_TIME)
         if not self._growing:
             self._growing, self._last_growth = True, now
@@ -490,9 +519,12 @@ class RateControl:
         last, self._last_growth = self._last_growth, now
         self._set_rate((self.rate or 0.0) * _GROWTH ** (min(now - last, rtt) / rtt), now)
 
-    def _opening_rate(self) -> float:
-        """The rate startup paces at from its first answer: the opening window over the round trip (0.2 s at least)."""
-        rtt = max(self._meter.rtt.smoothed or 0.0, _GROWTH_TIME)
+    def _opening_rate(self, floor: float = _GROWTH_TIME) -> float:
+        """The rate startup paces at from its first answer: the opening window over the round trip (``floor`` at least).
+
+        Before the first answer the round trip is unknown, and the floor is ``_OPENING_TIME``.
+        """
+        rtt = max(self._meter.rtt.smoothed or 0.0, floor)
         return max(self._min_rate, min(_START_WINDOW, self.ceiling) / rtt)
 
     def _cut(self, phase: Phase, measured: float, now: float) -> None:
@@ -520,9 +552,9 @@ class RateControl:
         self._meter.mark(now)
         awaited = self._meter.awaited
         _log.debug("startup congested at %.1f requests/s: draining %d requests in flight", self.rate or 0.0, awaited)
-        # The rate startup reached: the fallback's reference. Unpaced yet (every answer so far was throttled: the
+        # The rate startup reached: the fallback's reference. Not growing yet (every answer so far was throttled: the
         # account's bucket was already spent by others), the opening window's rate over the round trip seen.
-        self._accepted = self.rate or self._opening_rate()
+        self._accepted = (self.rate if self._growing else None) or self._opening_rate()
         self._since = phase.first_throttled
         self.cuts += 1
         self.mode = "drain"
@@ -539,6 +571,8 @@ class RateControl:
             return False
         if measured is None:
             measured = self._episode.rate(trusted=_DRAIN_ANSWERS, span=_SETTLE, since=self._since, noise=self.noise)
+            if measured is not None and measured < self._accepted * _HARD_CUT and not self._outpaced(measured):
+                measured = None  # a few successes over a time the client sent little: its own rate, not the service's
         if measured is None:
             target = self._accepted * _HARD_CUT
             _log.debug("drained without a measure: %.1f requests/s, measuring", target)
@@ -550,6 +584,21 @@ class RateControl:
         self._episode.reset()
         self._cruise(now, self.btl * CRUISE_GAIN)
         return True
+
+    def _outpaced(self, measured: float) -> bool:
+        """Whether the client sent faster than ``measured`` in each half of the time the measure's requests were sent.
+
+        Successes between throttles come at the service's rate only while the client sends faster: over a time it
+        sent less (an opening paced over a tenth of a second, then nothing until its first answer a round trip
+        later), they come at the client's own rate. At 150 ms three successes spanning that wait read 17/s against
+        a bucket of 50/s, under the guess (half the startup's rate), and a 3-second run took 2.3x.
+        """
+        start, end = self._episode.spanned
+        back, half = self._meter.rtt.min or 0.0, (end - start) / 2.0
+        return all(
+            self._meter.sent_between(begin, begin + half) >= _OUTPACED * measured * half
+            for begin in (start - back, start - back + half)
+        )
 
     def _cut_hard(self, phase: Phase, now: float) -> None:
         """Heavy throttling with nothing measured yet (the limit fell): half the rate, or what the phase delivered."""

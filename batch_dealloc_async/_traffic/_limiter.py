@@ -125,7 +125,10 @@ class AdaptiveLimiter:
         )
         self._window = Window(max_concurrency, int(self.control.window) if adaptive else max_concurrency)
         self._pacer = Pacer(clock, sleep)
-        self._pacer.set_rate(self.control.rate)
+        if adaptive:  # the opening's pace (see RateControl)
+            self._pacer.set_rate(self.control.rate, burst=BURST_TIME)
+        else:
+            self._pacer.set_rate(self.control.max_rate)
         self.breaker = Breaker(clock, sleep, give_up=breaker_give_up)
         self.budget = RetryBudget(clock, sleep)
         self.throttle_events = 0

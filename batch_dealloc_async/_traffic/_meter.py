@@ -154,6 +154,10 @@ class Meter:
         """Requests sent per second over the last ``span`` seconds."""
         return (len(self._sends) - bisect.bisect_left(self._sends, now - span)) / span
 
+    def sent_between(self, start: float, end: float) -> int:
+        """Requests sent from ``start`` to ``end`` (among the last few thousand)."""
+        return bisect.bisect_right(self._sends, end) - bisect.bisect_left(self._sends, start)
+
     def phase_of(self, sent_at: float) -> Phase | None:
         """The phase a request sent at ``sent_at`` belongs to (``None`` when it is older than every phase kept)."""
         for phase in reversed(self._phases):

@@ -36,23 +36,24 @@ from tests.simulation.scenarios import (
 
 # Cells where a target is not met yet: (time / ideal at most, throttled share at most), as measured, rounded up.
 GAPS: Final[dict[str, tuple[float, float]]] = {
-    "bucket R=50 B=5 L=0ms N=10R": (1.10, 0.13),
-    "bucket R=50 B=5 L=20ms N=10R": (1.10, 0.11),
-    "bucket R=50 B=5 L=50ms N=10R": (1.15, 0.11),
-    "bucket R=50 B=5 L=150ms N=10R": (1.10, 0.13),
+    "bucket R=50 B=5 L=0ms N=10R": (1.10, 0.06),
+    "bucket R=50 B=5 L=20ms N=10R": (1.10, 0.08),
+    "bucket R=50 B=5 L=50ms N=10R": (1.10, 0.08),
+    "bucket R=50 B=5 L=150ms N=10R": (1.10, 0.09),
     "bucket R=50 B=50 L=0ms N=10R": (1.10, 0.08),
-    "bucket R=50 B=50 L=20ms N=10R": (1.10, 0.09),
-    "bucket R=50 B=50 L=50ms N=10R": (1.10, 0.20),
-    "bucket R=50 B=50 L=150ms N=10R": (1.10, 0.21),
-    "bucket R=300 B=30 L=150ms N=10R": (1.10, 0.09),
-    "bucket R=300 B=30 L=150ms N=3R": (1.45, 1.00),
+    "bucket R=50 B=50 L=20ms N=10R": (1.10, 0.07),
+    "bucket R=50 B=50 L=50ms N=10R": (1.10, 0.12),
+    "bucket R=50 B=50 L=150ms N=10R": (1.10, 0.20),
+    "bucket R=300 B=30 L=50ms N=10R": (1.10, 0.06),
+    "bucket R=300 B=30 L=150ms N=10R": (1.13, 0.12),
+    "bucket R=300 B=30 L=150ms N=3R": (1.30, 1.00),
     "bucket R=300 B=300 L=20ms N=10R": (1.10, 0.06),
     "bucket R=300 B=300 L=50ms N=10R": (1.10, 0.10),
-    "bucket R=300 B=300 L=150ms N=10R": (1.10, 0.22),
+    "bucket R=300 B=300 L=150ms N=10R": (1.10, 0.16),
     "bucket R=300 B=300 L=150ms N=3R": (1.35, 1.00),
-    "bucket R=1000 B=100 L=150ms N=10R": (1.15, 0.05),
+    "bucket R=1000 B=100 L=150ms N=10R": (1.14, 0.05),
     "bucket R=1000 B=100 L=150ms N=3R": (1.45, 1.00),
-    "bucket R=1000 B=1000 L=50ms N=10R": (1.10, 0.08),
+    "bucket R=1000 B=1000 L=50ms N=10R": (1.10, 0.06),
 }
 
 
@@ -111,6 +112,20 @@ def test_random_throttling_does_not_hide_a_token_buckets_rate(cell: Cell) -> Non
     assert result.ratio <= (1.25 if "R=1000" in cell.name else 1.35)
 
 
+def test_a_drain_does_not_take_a_wait_in_its_own_sending_for_the_services_rate() -> None:
+    """A bucket of 50/s (burst 5) at 150 ms, 150 nodes, eight seeds: the drain's few successes are not a misreading.
+
+    The opening is paced over a tenth of a second, and nothing more goes until its first answer a round trip later.
+    Three successes spanning that wait came at the client's own rate, not the bucket's: one seed read 17/s and
+    cruised there for two seconds (2.33x; the mean of the eight 1.48x). Such a measure, under the guess and not
+    outpaced by the client's sending in each half of its span, is dropped for the guess: 1.62x at worst, 1.39x.
+    """
+    cell = next(c for c in bucket_cells() if c.name == "bucket R=50 B=5 L=150ms N=3R")
+    ratios = [result_of(reseeded(cell, seed)).ratio for seed in range(1, 9)]
+    assert max(ratios) <= 1.65
+    assert statistics.mean(ratios) <= 1.40
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_a_stall_in_the_answers_costs_about_its_time(seed: int) -> None:
     """Four 0.1 s stalls (answers held, then all at once) in a run at a bucket of 1,000/s, 20 ms, 5% ServerBusy.
@@ -129,8 +144,8 @@ def test_a_limit_that_moves_is_followed(latency: float) -> None:
     """600 -> 150 at 5 s -> 600 at 15 s: near the piecewise ideal, and the rate follows each change within 2 s."""
     result = result_of(shift_cell(latency))
     assert result.lost == 0
-    # Where the rise at 15 s meets the cruise-and-probe cycle moves the time by up to 0.08x at 150 ms (8-16 seeds:
-    # median 1.13x, worst 1.19x): the median of five seeds is held to the target, each run to the worst seen.
+    # Where the rise at 15 s meets the cruise-and-probe cycle moves the time by up to 0.08x at 150 ms (16 seeds:
+    # mean 1.15x, worst 1.21x): the median of five seeds is held to the target, each run to the worst seen.
     results = [result] + [result_of(reseeded(shift_cell(latency), seed)) for seed in range(2, 6)]
     ratios = [r.ratio for r in results]
     assert statistics.median(ratios) <= 1.15
@@ -141,11 +156,11 @@ def test_a_limit_that_moves_is_followed(latency: float) -> None:
     assert down <= 2.0
     ups = [follow_time(r, 15.0, 600) for r in results]
     assert None not in ups
-    # At 150 ms the probe's steps are a round trip long (0.4 s): the rise is followed within 2 s in the median of
-    # these seeds (0.9-2.4 s, 0.1 s bins); over 16 seeds up to 3.5 s when the cruise that followed the last cut had
-    # just begun at 15 s (the README's gaps).
-    assert statistics.median(u for u in ups if u is not None) <= 2.0 + 1e-9  # (sums of 0.1 s bins)
-    assert max(u for u in ups if u is not None) <= (2.0 if latency < 0.1 else 2.5) + 1e-9
+    # At 150 ms the probe's steps are a round trip long (0.4 s): the rise is followed in 1.8-2.5 s in these seeds
+    # (0.1 s bins), 2.2 s in their median; over 16 seeds 2.4 s in the median and up to 2.9 s (2.1 s and 3.5 s before
+    # the opening was paced: where the rise meets the cruise-and-probe cycle decides it; the README's gaps).
+    assert statistics.median(u for u in ups if u is not None) <= (2.0 if latency < 0.1 else 2.2) + 1e-9
+    assert max(u for u in ups if u is not None) <= (2.0 if latency < 0.1 else 2.6) + 1e-9
 
 
 @pytest.mark.parametrize("latency", [0.02, 0.1])
@@ -153,15 +168,15 @@ def test_clients_sharing_an_account(latency: float) -> None:
     """Four clients on one bucket of 400/s finish together close to the ideal, each finding its share alone."""
     result = result_of(shared_cell(latency))
     assert result.lost == 0
-    # Targets 1.15x, 5% and a spread of 1.2; reached over 8 seeds (mean time and share, median spread): 1.18x / 11% /
-    # 1.93 at 20 ms (over 48 seeds 1.15x / 11% / 1.79), 1.20x / 10% / 1.23 at 100 ms (this seed: 1.15x / 12.5% / 1.43
-    # and 1.24x / 8.2% / 1.23). The clients start 3 ms apart: the
-    # first one's opening requests meet a full bucket, the others' a spent one, and the shares found then last. Each
-    # client sees only its own 429s, so fairness comes from the same rule converging, not from coordination: the
-    # README's "Traffic control" gaps.
+    # Targets 1.15x, 5% and a spread of 1.2; reached over 8 seeds (mean time and share, median spread): 1.14x / 9.7% /
+    # 1.35 at 20 ms (over 48 seeds 1.13x / 9.8% / 1.34), 1.18x / 12% / 1.27 at 100 ms (this seed: 1.07x / 7.7% / 1.31
+    # and 1.04x / 7.0% / 1.09). The clients start 3 ms apart. When the opening went unpaced the first one's requests
+    # met a full bucket and the others' a spent one, and the shares found then lasted (1.93 at 20 ms; 1.79 over 48
+    # seeds); paced, the four start alike. Each client sees only its own 429s, so fairness comes from the same rule
+    # converging, not from coordination: the README's "Traffic control" gaps.
     assert result.ratio <= 1.30
-    assert result.share < 0.15
-    assert max(result.finish_times) / min(result.finish_times) <= 1.8
+    assert result.share < 0.12
+    assert max(result.finish_times) / min(result.finish_times) <= 1.35
 
 
 @pytest.mark.parametrize("cell", outage_cells()[:2], ids=lambda c: c.name)
@@ -196,26 +211,27 @@ def test_service_down_error_carries_the_service_error() -> None:
 
 # Window limiters are off the issue's matrix (it names token buckets): what they take, as measured, rounded up.
 # Before a spent window was paused at (not halved into) and a measure far under the last second's successes was
-# taken for a misreading, the fixed windows took 1.12-2.81x (0.96-1.54x now). Sliding windows gained less (1.65x
-# to 1.15x and 1.71x to 1.49x in two cells, the others unchanged, up to 1.77x): a spent sliding window grants
-# again at the client's own rate of a window ago, an echo the measure cannot tell from a token bucket's rate.
+# taken for a misreading, the fixed windows took 1.12-2.81x (1.04-1.68x now). Sliding windows gained less (up to
+# 1.65x): a spent sliding window grants again at the client's own rate of a window ago, an echo the measure cannot
+# tell from a token bucket's rate. Since the opening is paced, the startup's echo is of that pace: 300/s per 0.5 s
+# at 20 ms went from 1.04x to 1.25x (1.24x over 8 seeds; the unpaced opening's burst made that echo read high).
 WINDOWS: Final[dict[str, float]] = {
     "fixed window R=300 W=0.5s L=20ms N=10R": 1.15,
-    "fixed window R=300 W=0.5s L=100ms N=10R": 1.15,
+    "fixed window R=300 W=0.5s L=100ms N=10R": 1.20,
     "fixed window R=300 W=1s L=20ms N=10R": 1.05,
-    "fixed window R=300 W=1s L=100ms N=10R": 1.15,
+    "fixed window R=300 W=1s L=100ms N=10R": 1.25,
     "fixed window R=1000 W=0.5s L=20ms N=10R": 1.15,
-    "fixed window R=1000 W=0.5s L=100ms N=10R": 1.55,
-    "fixed window R=1000 W=1s L=20ms N=10R": 1.35,
-    "fixed window R=1000 W=1s L=100ms N=10R": 1.50,
-    "sliding window R=300 W=0.5s L=20ms N=10R": 1.05,
-    "sliding window R=300 W=0.5s L=100ms N=10R": 1.25,
-    "sliding window R=300 W=1s L=20ms N=10R": 1.20,
-    "sliding window R=300 W=1s L=100ms N=10R": 1.25,
-    "sliding window R=1000 W=0.5s L=20ms N=10R": 1.40,
-    "sliding window R=1000 W=0.5s L=100ms N=10R": 1.35,
-    "sliding window R=1000 W=1s L=20ms N=10R": 1.80,
-    "sliding window R=1000 W=1s L=100ms N=10R": 1.50,
+    "fixed window R=1000 W=0.5s L=100ms N=10R": 1.70,
+    "fixed window R=1000 W=1s L=20ms N=10R": 1.15,
+    "fixed window R=1000 W=1s L=100ms N=10R": 1.30,
+    "sliding window R=300 W=0.5s L=20ms N=10R": 1.25,
+    "sliding window R=300 W=0.5s L=100ms N=10R": 1.30,
+    "sliding window R=300 W=1s L=20ms N=10R": 1.10,
+    "sliding window R=300 W=1s L=100ms N=10R": 1.35,
+    "sliding window R=1000 W=0.5s L=20ms N=10R": 1.35,
+    "sliding window R=1000 W=0.5s L=100ms N=10R": 1.30,
+    "sliding window R=1000 W=1s L=20ms N=10R": 1.70,
+    "sliding window R=1000 W=1s L=100ms N=10R": 1.35,
 }
 
 
@@ -244,17 +260,18 @@ def test_a_heavy_tail_of_slow_answers_costs_about_what_it_costs_a_pacer_at_the_t
 # what is left, losing nothing, but the other user's requests are throttled 5-19% (a client paced at 0.98x what is
 # left throttles them under 1%). The measure in a shared dry bucket is the run's own share of its grants, R x r / (r
 # + b), above what is left (R - b) by b x the throttled share; and throttling the run causes and cannot shed with a
-# small nudge is learned as noise. The other user's throttled share, as measured (rounded up; seed 1 only: two
-# cells rose by a point with the clean-step rule, while their means over 8 seeds fell); the aim is 5%:
+# small nudge is learned as noise. The other user's throttled share, as measured (rounded up; seed 1 only, which
+# moves by a few points with any change: with the paced opening three cells rose by 1-3 points and four fell by
+# 1-4, and over 8 seeds the mean fell in six of eight); the aim is 5%:
 BACKGROUND: Final[dict[str, float]] = {
-    "background 100/s on R=400 L=20ms": 0.09,
-    "background 200/s on R=400 L=20ms": 0.15,
-    "background 300/s on R=400 L=20ms": 0.19,
-    "background 500/s on R=1000 L=20ms": 0.06,
-    "background 100/s on R=400 L=100ms": 0.06,
-    "background 200/s on R=400 L=100ms": 0.14,
+    "background 100/s on R=400 L=20ms": 0.10,
+    "background 200/s on R=400 L=20ms": 0.13,
+    "background 300/s on R=400 L=20ms": 0.15,
+    "background 500/s on R=1000 L=20ms": 0.09,
+    "background 100/s on R=400 L=100ms": 0.04,
+    "background 200/s on R=400 L=100ms": 0.13,
     "background 300/s on R=400 L=100ms": 0.12,
-    "background 500/s on R=1000 L=100ms": 0.06,
+    "background 500/s on R=1000 L=100ms": 0.08,
 }
 
 

@@ -446,6 +446,17 @@ def test_recent_send_rate(span: float, rate: float) -> None:
     assert meter.recent_send_rate(2.0, span) == pytest.approx(rate)
 
 
+@pytest.mark.parametrize(("start", "end", "count"), [(0.0, 0.9, 0), (0.5, 1.0, 10), (1.0, 2.0, 30), (1.5, 1.9, 0)])
+def test_sent_between(start: float, end: float, count: int) -> None:
+    """sent_between counts the sends from ``start`` to ``end``, both edges included."""
+    meter = Meter(0.0)
+    for _ in range(10):
+        meter.sent(1.0)
+    for _ in range(20):
+        meter.sent(2.0)
+    assert meter.sent_between(start, end) == count
+
+
 # ------------------------------------------------------------------------------------------------------------- episode
 
 
@@ -771,6 +782,46 @@ def test_startup_doubles_the_rate_every_round_trip_but_not_faster_than_every_fif
         assert r1 <= r0 * 2.0 ** ((t1 - t0) / period) * (1 + 1e-9)
 
 
+@pytest.mark.parametrize("latency", [0.001, 0.02, 0.05, 0.15])
+def test_the_opening_is_paced_not_sent_at_once(latency: float) -> None:
+    """Before the first answer tells the round trip, the 32 opening requests go over a tenth of a second.
+
+    Sent at once, against a bucket of 50/s with a burst of 5 they were throttled whole (27 of 32), and the first
+    second had 35-43 throttled answers at 1-150 ms; paced, the first throttled answers stop the opening at 1-50 ms
+    (11-22 in the first second). It also keeps clients that start together alike: the first one's opening no
+    longer takes a shared bucket's burst while the others' meet it spent (four on 400/s finished up to 1.8x
+    apart in the median of 48 simulated runs at 20 ms; 1.34x now).
+    """
+    run = drive(((0.0, 50.0),), latency=latency, seconds=1.0, burst=0.1)
+    before = [t for t in run.sends if t < latency]  # the first answer comes a round trip after the first send
+    assert all(b - a >= 1.0 / 320.0 - 1e-9 for a, b in itertools.pairwise(before))
+    assert len(before) <= 32
+    throttled = run.per_second(0, 1)[0] - run.per_second(0, 1, granted=True)[0]
+    assert throttled <= (24 if latency <= 0.05 else 34)
+
+
+def test_a_long_startup_raises_its_bar_for_congestion_with_the_phases_it_has_tested() -> None:
+    """A client held back by its own window stays in startup, and its congestion test runs phase after phase.
+
+    Each test has a 1-in-1,000 chance of taking 5% random throttling for congestion; over 20 s of 0.2 s phases that
+    happened in one run in 12 to 20 (a drain, then a second or two at 0.6-0.8x the rate). After ten phases the
+    bar rises by the log of the phases tested, as a multiple-comparison correction does: the same phase that is
+    congestion at the start (12 throttled of 60: 20% against 5% assumed) is not after a hundred phases.
+    """
+    meter = Meter(0.0)
+    meter.rtt.add(0.01)
+    control = RateControl(meter, ceiling=16, max_rate=None, min_rate=1.0, rng=random.Random(1), now=0.0)
+    phase = meter.current
+    phase.answered, phase.throttled, phase.ok = 60, 12, 48
+    assert control.congested(phase)
+    for step in range(1, 102):
+        control.on_ok(step * 0.2)  # answers a phase apart: startup begins a phase with each (after the first)
+    assert control.mode == "startup"
+    assert not control.congested(phase)
+    phase.throttled, phase.ok = 18, 42  # 30%: still congestion
+    assert control.congested(phase)
+
+
 @pytest.mark.parametrize("rate", [300.0, 1000.0])
 @pytest.mark.parametrize("latency", [0.05, 0.15])
 def test_startup_that_meets_congestion_sends_nothing_until_the_requests_in_flight_are_answered(
@@ -801,20 +852,21 @@ def test_a_first_flight_throttled_whole_guesses_half_the_opening_rate_not_the_mi
     """
     run = drive(((0.0, 5.0),), latency=latency, seconds=0.5, full=False)  # not a token before the answers
     modes = [mode for mode, _ in itertools.groupby(mode for _, mode, _ in run.trace)]
-    assert modes[:3] == ["startup", "drain", "cruise"]
+    # (At 1 ms the paced opening has nothing in flight when its throttles decide: the drain ends as it begins.)
+    assert modes[: modes.index("cruise") + 1] in (["startup", "drain", "cruise"], ["startup", "cruise"])
     guess = next(rate for _, mode, rate in run.trace if mode == "cruise")
     assert guess == pytest.approx(0.5 * 32 / max(latency, 0.2))
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_a_cruise_at_a_guess_probes_after_a_fixed_time_not_a_drawn_one(seed: int) -> None:
-    """Requests that met a bucket smaller than them measured nothing: the cruise after the drain is at a guess.
+    """Startup's first requests met an account others had spent, and measured nothing: the cruise is at a guess.
 
     Its probe comes half a second later whatever the random draws: clients of one account that started together
     and all met that first congestion then probe in step (drawn, the first to probe took the room and kept it:
     four processes on one bucket of 400/s finished up to 2.4x apart on real sockets).
     """
-    run = drive(((0.0, 300.0),), latency=0.02, seconds=3.0, burst=0.01, seed=seed)
+    run = drive(((0.0, 100.0),), latency=0.02, seconds=3.0, burst=0.05, seed=seed, full=False)
     modes = [mode for mode, _ in itertools.groupby(mode for _, mode, _ in run.trace)]
     assert modes[:4] == ["startup", "drain", "cruise", "probe"]
     guess = next(t for t, mode, _ in run.trace if mode == "cruise")
@@ -822,18 +874,23 @@ def test_a_cruise_at_a_guess_probes_after_a_fixed_time_not_a_drawn_one(seed: int
     assert probe - guess == pytest.approx(0.5, abs=0.02)  # checked at the next answer (80/s: 12.5 ms apart)
 
 
-@pytest.mark.parametrize(("rate", "burst"), [(300.0, 0.01), (541.0, 0.024), (1000.0, 0.01)])
-def test_a_guess_probe_holds_the_step_that_met_the_limit_until_it_is_measured(rate: float, burst: float) -> None:
-    """A bucket smaller than the first requests: the drain measured nothing, and the guess probes in large steps.
+@pytest.mark.parametrize(("rate", "burst", "full"), [(80.0, 0.05, True), (100.0, 0.05, False), (120.0, 0.02, False)])
+def test_a_guess_probe_holds_the_step_that_met_the_limit_until_it_is_measured(
+    rate: float, burst: float, *, full: bool
+) -> None:
+    """A bucket of a few tokens under the opening's pace: the drain measured nothing; the guess probes in large steps.
 
     The step that meets the limit is held until the throttling measures the service (it climbed on, to 4x the limit
-    at 541/s), and the cut is capped at that step, not at the step before (2.6x lower after a guess's large steps).
-    The cruise after that first probe was at 0.82x, 2.0x and 0.64x of these limits.
+    at 541/s when the opening went unpaced; 2.1x here), and the cut is capped at that step, not at the step before
+    (2.6x lower after a guess's large steps). The cruise after that first probe was at 0.82x, 2.0x and 0.64x of
+    such limits.
     """
-    run = drive(((0.0, rate),), latency=0.02, seconds=3.0, burst=burst)
+    run = drive(((0.0, rate),), latency=0.02, seconds=3.0, burst=burst, full=full)
+    modes = [mode for mode, _ in itertools.groupby(mode for _, mode, _ in run.trace)]
+    assert modes[:4] == ["startup", "drain", "cruise", "probe"]
     probe = next(t for t, mode, _ in run.trace if mode == "probe")
     after = next(t for t, mode, _ in run.trace if t > probe and mode == "cruise")
-    assert max(r for t, _, r in run.trace if probe <= t <= after) <= 2.5 * rate
+    assert max(r for t, _, r in run.trace if probe <= t <= after) <= 1.8 * rate
     assert 0.9 * rate <= run.rate_at(after) <= 1.02 * rate
 
 
@@ -885,8 +942,10 @@ def test_a_limit_that_falls_far_is_cut_within_a_round_trip_of_its_first_throttli
     sent before that change already say the service's rate is a quarter of the client's.
     """
     run = drive(((0.0, 600.0), (5.0, 150.0)), latency=latency, seconds=8.0, seed=seed)
-    cut = next(t for t, _, rate in run.trace if t > 5.0 and rate <= 1.05 * 150.0)
-    assert cut - 5.0 <= latency + 0.11
+    # Within 15%: the first measure can mix successes from before the fall (164/s for one seed of 30, nudged to
+    # 150/s a second later); the cut's timing is what this asserts. Over 30 seeds the latest came 0.122 s after.
+    cut = next(t for t, _, rate in run.trace if t > 5.0 and rate <= 1.15 * 150.0)
+    assert cut - 5.0 <= latency + 0.13
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
@@ -1032,7 +1091,7 @@ def test_the_last_cruise_before_the_end_of_the_work_comes_down_to_a_limit_a_litt
     sent, granted = sum(run.per_second(5, 9)), sum(run.per_second(5, 9, granted=True))
     assert "probe" not in [mode for _, mode, _ in run.trace]
     assert 1.0 - granted / sent < 0.015
-    assert granted >= 0.95 * 4 * lower
+    assert granted >= 0.92 * 4 * lower  # the endgame holds 0.93x the service's rate, once measured exactly
 
 
 @pytest.mark.parametrize("rate", [100.0, 1000.0])
@@ -1492,7 +1551,9 @@ def test_a_request_that_waited_while_the_breaker_opened_goes_back_to_the_gate() 
         return log
 
     log = run_virtual(main())
-    assert log == [("second", 0.25, 1), ("third", pytest.approx(0.3), 1)]
+    # The third goes once the probe succeeded (at 0.3 s), at its turn: 0.2 s after the probe's, as one slot's
+    # startup paces at 5/s from its first success (before it, the opening paced at 10/s).
+    assert log == [("second", 0.25, 1), ("third", pytest.approx(0.4), 1)]
 
 
 def test_feedback_keeps_the_client_stats_current() -> None:
