@@ -789,8 +789,8 @@ def test_the_opening_is_paced_not_sent_at_once(latency: float) -> None:
     Sent at once, against a bucket of 50/s with a burst of 5 they were throttled whole (27 of 32), and the first
     second had 35-43 throttled answers at 1-150 ms; paced, the first throttled answers stop the opening at 1-50 ms
     (11-22 in the first second). It also keeps clients that start together alike: the first one's opening no
-    longer takes a shared bucket's burst while the others' meet it spent (four on 400/s finished up to 1.8x
-    apart in the median of 48 simulated runs at 20 ms; 1.34x now).
+    longer takes a shared bucket's burst while the others' meet it spent (four on 400/s finished 1.79x apart in
+    the median of 48 simulated runs at 20 ms; 1.34x now).
     """
     run = drive(((0.0, 50.0),), latency=latency, seconds=1.0, burst=0.1)
     before = [t for t in run.sends if t < latency]  # the first answer comes a round trip after the first send
