@@ -152,7 +152,7 @@ class Meter:
 
     def recent_send_rate(self, now: float, span: float) -> float:
         """Requests sent per second over the last ``span`` seconds."""
-        return (len(self._sends) - bisect.bisect_left(self._sends, now - span)) / span
+        return self.sent_between(now - span, now) / span
 
     def sent_between(self, start: float, end: float) -> int:
         """Requests sent from ``start`` to ``end`` (among the last few thousand)."""

@@ -435,26 +435,26 @@ def test_round_trip_follows_rfc_6298(samples: list[float]) -> None:
     assert rtt.min == min(max(s, 0.0) for s in samples)
 
 
-@pytest.mark.parametrize(("span", "rate"), [(0.5, 40.0), (1.0, 30.0), (1.5, 20.0), (10.0, 3.0)])
-def test_recent_send_rate(span: float, rate: float) -> None:
-    """recent_send_rate counts the sends of the last ``span`` seconds (the edge included) over ``span``."""
+def two_bursts() -> Meter:
+    """A meter that saw 10 requests sent at 1.0 s and 20 at 2.0 s."""
     meter = Meter(0.0)
     for _ in range(10):
         meter.sent(1.0)
     for _ in range(20):
         meter.sent(2.0)
-    assert meter.recent_send_rate(2.0, span) == pytest.approx(rate)
+    return meter
+
+
+@pytest.mark.parametrize(("span", "rate"), [(0.5, 40.0), (1.0, 30.0), (1.5, 20.0), (10.0, 3.0)])
+def test_recent_send_rate(span: float, rate: float) -> None:
+    """recent_send_rate counts the sends of the last ``span`` seconds (the edge included) over ``span``."""
+    assert two_bursts().recent_send_rate(2.0, span) == pytest.approx(rate)
 
 
 @pytest.mark.parametrize(("start", "end", "count"), [(0.0, 0.9, 0), (0.5, 1.0, 10), (1.0, 2.0, 30), (1.5, 1.9, 0)])
 def test_sent_between(start: float, end: float, count: int) -> None:
     """sent_between counts the sends from ``start`` to ``end``, both edges included."""
-    meter = Meter(0.0)
-    for _ in range(10):
-        meter.sent(1.0)
-    for _ in range(20):
-        meter.sent(2.0)
-    assert meter.sent_between(start, end) == count
+    assert two_bursts().sent_between(start, end) == count
 
 
 # ------------------------------------------------------------------------------------------------------------- episode
