@@ -289,7 +289,7 @@ class RateControl:
         # once: against a bucket of a few tokens (or one others have spent) it was throttled whole, 27 of 32
         # requests against a burst of 5, and clients of one account that started together split it by who came
         # first (the first took the burst and grew; the others guessed low, and every later move kept the split).
-        self.rate: float | None = self._opening_rate(_OPENING_TIME)
+        self.rate = self._opening_rate(_OPENING_TIME)  # requests/s: always paced (at least min_rate)
         if max_rate is not None:
             self.rate = min(max_rate, self.rate)
         self.window = float(min(_START_WINDOW, ceiling))
@@ -317,8 +317,7 @@ class RateControl:
         self._granted: collections.deque[float] = collections.deque()  # when the last second's successes came
 
     def __repr__(self) -> str:
-        rate = "unpaced" if self.rate is None else f"{self.rate:.1f}/s"
-        return f"RateControl({self.mode}, rate={rate}, window={int(self.window)}, noise={self.noise:.3f})"
+        return f"RateControl({self.mode}, rate={self.rate:.1f}/s, window={int(self.window)}, noise={self.noise:.3f})"
 
     # ------------------------------------------------------------------------------------------------ signals
 
@@ -375,7 +374,7 @@ class RateControl:
         A throttled pause request doubles the time to the next, up to ``_PAUSE_MAX``: an account that stays
         blocked gets a request a second, not ten.
         """
-        if phase is None or phase.kind != "paused" or self.rate is None or self.rate <= 1.0 / _PAUSE_MAX:
+        if phase is None or phase.kind != "paused" or self.rate <= 1.0 / _PAUSE_MAX:
             return False
         self._set_rate(max(self._min_rate, self.rate / 2.0, 1.0 / _PAUSE_MAX), now)
         return True
@@ -394,8 +393,6 @@ class RateControl:
         rtt = self._meter.rtt
         last, self._last_answer = self._last_answer, now
         variation, self._variation = self._variation, rtt.variation  # (before this answer's sample moved it)
-        if self.rate is None:
-            return
         gap = max(_STALL_TIME, _STALL_ANSWERS / self.rate) + _STALL_VARIATIONS * variation
         if now - last <= gap or (late := rtt.last - (rtt.min or 0.0)) <= gap:
             return
@@ -411,7 +408,7 @@ class RateControl:
         "The rate" is the one the throttled request's phase was sent at, when lower than the rate now: a probe's
         staircase runs a step or two ahead of its answers, and what a step earned says nothing about two steps on.
         """
-        if self.mode not in {"cruise", "probe"} or phase.kind not in {"cruise", "probe"} or self.rate is None:
+        if self.mode not in {"cruise", "probe"} or phase.kind not in {"cruise", "probe"}:
             return None  # (startup's and the drain's answers: a start, or a pause, not a steady rate)
         measured = self._episode.rate(since=phase.first_throttled, noise=self.noise)
         if measured is None:
@@ -450,7 +447,7 @@ class RateControl:
             if self.mode == "probe":
                 self._step_since = max(self._step_since, now)
                 if self._first_step > 0:
-                    self._accepted = max(self._accepted, self.rate or 0.0)
+                    self._accepted = max(self._accepted, self.rate)
             return False
         return True
 
@@ -487,7 +484,7 @@ class RateControl:
                     self._cruise(now, self._accepted)
                 return
             self._step += 1  # the step went unthrottled for a round trip: the service has room
-            self._accepted = self.rate or self._accepted
+            self._accepted = self.rate
             self._climb(now)
 
     def _clean(self, phase: Phase, *, floor: float = 0.5 * _ASSUMED_NOISE) -> bool:
@@ -517,7 +514,7 @@ class RateControl:
             self._set_rate(self._opening_rate(), now)
             return
         last, self._last_growth = self._last_growth, now
-        self._set_rate((self.rate or 0.0) * _GROWTH ** (min(now - last, rtt) / rtt), now)
+        self._set_rate(self.rate * _GROWTH ** (min(now - last, rtt) / rtt), now)
 
     def _opening_rate(self, floor: float = _GROWTH_TIME) -> float:
         """The rate startup paces at from its first answer: the opening window over the round trip (``floor`` at least).
@@ -528,7 +525,7 @@ class RateControl:
         return max(self._min_rate, min(_START_WINDOW, self.ceiling) / rtt)
 
     def _cut(self, phase: Phase, measured: float, now: float) -> None:
-        current = self.rate if self.rate is not None else phase.send_rate(now) or measured
+        current = self.rate
         btl = self._service_rate(measured)
         if self.mode == "probe":
             # A probe that met throttling gains nothing over its last unthrottled step. What it measured may hold
@@ -551,10 +548,10 @@ class RateControl:
         """Startup met congestion: hold new requests until those in flight are answered (or measure the rate)."""
         self._meter.mark(now)
         awaited = self._meter.awaited
-        _log.debug("startup congested at %.1f requests/s: draining %d requests in flight", self.rate or 0.0, awaited)
+        _log.debug("startup congested at %.1f requests/s: draining %d requests in flight", self.rate, awaited)
         # The rate startup reached: the fallback's reference. Not growing yet (every answer so far was throttled: the
         # account's bucket was already spent by others), the opening window's rate over the round trip seen.
-        self._accepted = (self.rate if self._growing else None) or self._opening_rate()
+        self._accepted = self.rate if self._growing else self._opening_rate()
         self._since = phase.first_throttled
         self.cuts += 1
         self.mode = "drain"
@@ -602,7 +599,7 @@ class RateControl:
 
     def _cut_hard(self, phase: Phase, now: float) -> None:
         """Heavy throttling with nothing measured yet (the limit fell): half the rate, or what the phase delivered."""
-        current = self.rate if self.rate is not None else phase.send_rate(now) or self._min_rate
+        current = self.rate
         target = current * _HARD_CUT
         delivered = phase.delivered(now)
         if delivered is not None:
@@ -646,7 +643,7 @@ class RateControl:
         One request per round trip (``_PAUSE_PERIOD`` at least) until one is granted, then cruise at the rate
         paused at (a guess, so the next heavy throttling halves it or pauses again).
         """
-        self._paused = self.rate or self._min_rate
+        self._paused = self.rate
         _log.debug("nothing granted at %.1f requests/s either: pausing", self._paused)
         self.mode = "paused"
         self.cuts += 1
@@ -673,8 +670,8 @@ class RateControl:
 
     def _probe(self, now: float) -> None:
         self.mode = "probe"
-        self._accepted = self.rate or self._min_rate
-        self.btl = max(self.btl, (self.rate or self._min_rate) / CRUISE_GAIN)
+        self._accepted = self.rate
+        self.btl = max(self.btl, self.rate / CRUISE_GAIN)
         self._step = self._first_step
         self._climb(now)
 
@@ -698,10 +695,10 @@ class RateControl:
         becomes the floor.
         """
         phase = self._meter.current
-        if 0 < self.backlog < (self.rate or 0.0) * (_ENDGAME + 2.0 * (self._meter.rtt.smoothed or 0.0)):
+        if 0 < self.backlog < self.rate * (_ENDGAME + 2.0 * (self._meter.rtt.smoothed or 0.0)):
             # The work ends within a probe's cost: a probe's throttled requests would wait out a Retry-After after
             # the rest is done. Cruise on, a little lower: any throttled answer now lengthens the run by a second.
-            if self.rate is not None and self.btl > 0:
+            if self.btl > 0:
                 if phase.answered >= _LEARN_ANSWERS and not self._clean(phase, floor=0.0):
                     # Still throttled beyond the noise learned (a measure a few percent high, or a limit a little
                     # lower now): each throttle costs its node a Retry-After at the end of the run, more than a few
@@ -737,7 +734,7 @@ class RateControl:
             span = max(self._meter.rtt.smoothed or 0.0, _GROWTH_TIME)
             sending = self._meter.recent_send_rate(now, span)
             if sending > 0:
-                rate = min(rate, max(_RUNAWAY * sending, self.rate or 0.0))
+                rate = min(rate, max(_RUNAWAY * sending, self.rate))
         rate = max(self._min_rate, rate)
         if self.max_rate is not None:
             rate = min(rate, self.max_rate)

@@ -297,9 +297,7 @@ class AdaptiveLimiter:
         self._window.limit = control.window
         mode, last = control.mode, self._last_mode
         # A cut: the controller saw congestion, or a cruise was nudged down (throttled a little above the noise).
-        cut = control.cuts != self._cuts or (
-            mode == last == "cruise" and before is not None and (control.rate or 0.0) < before
-        )
+        cut = control.cuts != self._cuts or (mode == last == "cruise" and before is not None and control.rate < before)
         if mode != last or cut:
             self._last_mode, self._cuts = mode, control.cuts
             self._changed(last, before, cut=cut)
@@ -309,7 +307,7 @@ class AdaptiveLimiter:
 
     def _changed(self, last: str, before: float | None, *, cut: bool) -> None:
         """A change of mode, or a rate cut: logged at INFO, and told to the observer."""
-        mode, rate = self.control.mode, self.control.rate or 0.0
+        mode, rate = self.control.mode, self.control.rate
         extra = {"state_before": last, "state": mode, "rate": round(rate, 3), "window": self._window.limit}
         if cut:
             extra["rate_before"] = round(before or 0.0, 3)
