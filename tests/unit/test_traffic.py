@@ -621,6 +621,10 @@ class Drive:
     def rate_at(self, t: float) -> float:
         return [rate for when, _, rate in self.trace if when <= t][-1]
 
+    def modes(self) -> list[str]:
+        """The modes the controller went through, in order (each once per stay)."""
+        return [mode for mode, _ in itertools.groupby(mode for _, mode, _ in self.trace)]
+
     def cruises(self, since: float) -> list[float]:
         """The rates the controller cruised at from ``since`` on."""
         return [rate for when, mode, rate in self.trace if when >= since and mode == "cruise"]
@@ -851,7 +855,7 @@ def test_a_first_flight_throttled_whole_guesses_half_the_opening_rate_not_the_mi
     bucket sent 2-4 requests/s for five seconds while its probe climbed from there.
     """
     run = drive(((0.0, 5.0),), latency=latency, seconds=0.5, full=False)  # not a token before the answers
-    modes = [mode for mode, _ in itertools.groupby(mode for _, mode, _ in run.trace)]
+    modes = run.modes()
     # (At 1 ms the paced opening has nothing in flight when its throttles decide: the drain ends as it begins.)
     assert modes[: modes.index("cruise") + 1] in (["startup", "drain", "cruise"], ["startup", "cruise"])
     guess = next(rate for _, mode, rate in run.trace if mode == "cruise")
@@ -867,7 +871,7 @@ def test_a_cruise_at_a_guess_probes_after_a_fixed_time_not_a_drawn_one(seed: int
     four processes on one bucket of 400/s finished up to 2.4x apart on real sockets).
     """
     run = drive(((0.0, 100.0),), latency=0.02, seconds=3.0, burst=0.05, seed=seed, full=False)
-    modes = [mode for mode, _ in itertools.groupby(mode for _, mode, _ in run.trace)]
+    modes = run.modes()
     assert modes[:4] == ["startup", "drain", "cruise", "probe"]
     guess = next(t for t, mode, _ in run.trace if mode == "cruise")
     probe = next(t for t, mode, _ in run.trace if t > guess and mode == "probe")
@@ -886,7 +890,7 @@ def test_a_guess_probe_holds_the_step_that_met_the_limit_until_it_is_measured(
     such limits.
     """
     run = drive(((0.0, rate),), latency=0.02, seconds=3.0, burst=burst, full=full)
-    modes = [mode for mode, _ in itertools.groupby(mode for _, mode, _ in run.trace)]
+    modes = run.modes()
     assert modes[:4] == ["startup", "drain", "cruise", "probe"]
     probe = next(t for t, mode, _ in run.trace if mode == "probe")
     after = next(t for t, mode, _ in run.trace if t > probe and mode == "cruise")
