@@ -24,7 +24,8 @@ Modes:
 * ``probe``: a staircase: each step a round trip long (0.15 s at least), the first 5% above the
   measured rate, each further step twice the one before (5%, 10%, 20%, 40%...). At an unchanged limit the
   second step meets throttling and the overshoot is a few percent for a round trip; a limit that went up four
-  times is found in five or six steps. A step that meets throttling before it measures the service holds there.
+  times is found in five or six steps. A step that meets throttling before it measures the service steps back to
+  the last clean step at once, a guess that the measure under way replaces (a guess's own probe holds its step).
   A step climbs only when its answers were no more throttled than noise explains: one that heard a little
   throttling, not yet clearly congestion, holds until its answers decide, and after three steps' time undecided
   the probe ends at the last clean step (a step of a few answers hears a dry bucket as one or two throttles).
@@ -316,6 +317,11 @@ class RateControl:
         self._phases = 0  # startup's phases so far (see congested())
         self._granted: collections.deque[float] = collections.deque()  # when the last second's successes came
 
+    @property
+    def guessing(self) -> bool:
+        """Whether the rate is a guess (a hard cut, or a probe's step back) that the next measure replaces."""
+        return self._guessing
+
     def __repr__(self) -> str:
         return f"RateControl({self.mode}, rate={self.rate:.1f}/s, window={int(self.window)}, noise={self.noise:.3f})"
 
@@ -441,13 +447,21 @@ class RateControl:
                 self._cut_hard(phase, now)
         else:
             # A few more answers will measure the service's rate: cut once, to the right rate. Meanwhile a probe
-            # holds its step: the next one would only send further past a limit already met (a guess's probe
-            # climbed on from 690 to 2,440/s against 541/s). A guess's steps are large (265 -> 690/s), so its
-            # cut is capped at this step, not at the one before, which may be far under the limit.
+            # from a measured cruise steps back to its last clean step, as a guess the measure replaces: holding
+            # the step that met the limit sent a third to a half of its requests into throttling until the measure
+            # came (at 50/s a dozen successes take a quarter of a second). A guess's probe holds its step instead:
+            # its steps are large (265 -> 690/s), and the step before may be far under the limit, so its cut is
+            # capped at this step. Neither climbs on: the next step would only send further past a limit already
+            # met (690 to 2,440/s against 541/s).
             if self.mode == "probe":
+                if self._first_step == 0:
+                    _log.debug("probe congested (%r): back to %.1f requests/s until measured", phase, self._accepted)
+                    self.cuts += 1
+                    self.btl = self._accepted / CRUISE_GAIN
+                    self._cruise(now, self._accepted, measured=False)
+                    return True
                 self._step_since = max(self._step_since, now)
-                if self._first_step > 0:
-                    self._accepted = max(self._accepted, self.rate)
+                self._accepted = max(self._accepted, self.rate)
             return False
         return True
 

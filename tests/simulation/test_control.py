@@ -44,16 +44,17 @@ GAPS: Final[dict[str, tuple[float, float]]] = {
     "bucket R=50 B=50 L=20ms N=10R": (1.10, 0.07),
     "bucket R=50 B=50 L=50ms N=10R": (1.10, 0.12),
     "bucket R=50 B=50 L=150ms N=10R": (1.10, 0.20),
-    "bucket R=300 B=30 L=50ms N=10R": (1.10, 0.06),
-    "bucket R=300 B=30 L=150ms N=10R": (1.13, 0.12),
+    "bucket R=300 B=30 L=150ms N=10R": (1.10, 0.12),
     "bucket R=300 B=30 L=150ms N=3R": (1.30, 1.00),
-    "bucket R=300 B=300 L=20ms N=10R": (1.10, 0.06),
     "bucket R=300 B=300 L=50ms N=10R": (1.10, 0.10),
-    "bucket R=300 B=300 L=150ms N=10R": (1.10, 0.16),
+    "bucket R=300 B=300 L=150ms N=10R": (1.10, 0.15),
     "bucket R=300 B=300 L=150ms N=3R": (1.35, 1.00),
     "bucket R=1000 B=100 L=150ms N=10R": (1.14, 0.05),
     "bucket R=1000 B=100 L=150ms N=3R": (1.45, 1.00),
     "bucket R=1000 B=1000 L=50ms N=10R": (1.10, 0.06),
+    # Seed 1 only: a probe's measure read 5% high at 150 ms (jitter 30 ms each way), and the endgame's throttled
+    # answers waited out their Retry-After. Over 8 seeds the mean is 1.06x (1.05x before), the worst 1.14x (1.13x).
+    "bucket R=1000 B=1000 L=150ms N=10R": (1.14, 0.05),
 }
 
 
@@ -166,17 +167,20 @@ def test_a_limit_that_moves_is_followed(latency: float) -> None:
 @pytest.mark.parametrize("latency", [0.02, 0.1])
 def test_clients_sharing_an_account(latency: float) -> None:
     """Four clients on one bucket of 400/s finish together close to the ideal, each finding its share alone."""
-    result = result_of(shared_cell(latency))
-    assert result.lost == 0
-    # Targets 1.15x, 5% and a spread of 1.2; reached over 8 seeds (mean time and share, median spread): 1.14x / 9.7% /
-    # 1.35 at 20 ms (over 48 seeds 1.13x / 9.8% / 1.34), 1.18x / 12% / 1.27 at 100 ms (this seed: 1.07x / 7.7% / 1.31
-    # and 1.04x / 7.0% / 1.09). The clients start 3 ms apart. When the opening went unpaced the first one's requests
-    # met a full bucket and the others' a spent one, and the shares found then lasted (1.93 at 20 ms; 1.79 over 48
-    # seeds); paced, the four start alike. Each client sees only its own 429s, so fairness comes from the same rule
-    # converging, not from coordination: the README's "Traffic control" gaps.
-    assert result.ratio <= 1.30
-    assert result.share < 0.12
-    assert max(result.finish_times) / min(result.finish_times) <= 1.35
+    results = [result_of(reseeded(shared_cell(latency), seed)) for seed in range(1, 9)]
+    assert all(result.lost == 0 for result in results)
+    # Targets 1.15x, 5% and a spread of 1.2; reached over these 8 seeds (mean time and share, median spread): 1.16x /
+    # 9.9% / 1.38 at 20 ms (over 48 seeds a median spread of 1.31), 1.17x / 10.1% / 1.23 at 100 ms. One seed's spread
+    # moves by 0.1-0.3 with any change (seed 1 at 20 ms: 1.31 -> 1.44 when a probe's congested step went back to
+    # the step before; the median of these 8: 1.35 -> 1.38, of 48: 1.34 -> 1.31), hence the median. The clients
+    # start 3 ms apart. When the opening went unpaced the first one's requests met a full bucket and the others' a
+    # spent one, and the shares found then lasted (1.93 at 20 ms; 1.79 over 48 seeds); paced, the four start
+    # alike. Each client sees only its own 429s, so fairness comes from the same rule converging, not from
+    # coordination: the README's "Traffic control" gaps.
+    assert max(result.ratio for result in results) <= 1.45
+    assert statistics.mean(result.share for result in results) < 0.12
+    spreads = [max(result.finish_times) / min(result.finish_times) for result in results]
+    assert statistics.median(spreads) <= (1.40 if latency < 0.05 else 1.30)
 
 
 @pytest.mark.parametrize("cell", outage_cells()[:2], ids=lambda c: c.name)
@@ -209,37 +213,39 @@ def test_service_down_error_carries_the_service_error() -> None:
     assert all("500 InternalError" in str(e) for e in errors)
 
 
-# Window limiters are off the issue's matrix (it names token buckets): what they take, as measured, rounded up.
-# Before a spent window was paused at (not halved into) and a measure far under the last second's successes was
-# taken for a misreading, the fixed windows took 1.12-2.81x (1.04-1.68x now). Sliding windows gained less (up to
-# 1.65x): a spent sliding window grants again at the client's own rate of a window ago, an echo the measure cannot
-# tell from a token bucket's rate. Since the opening is paced, the startup's echo is of that pace: 300/s per 0.5 s
-# at 20 ms went from 1.04x to 1.25x (1.24x over 8 seeds; the unpaced opening's burst made that echo read high).
+# Window limiters are off the issue's matrix (it names token buckets): what they take, the mean of seeds 1-4 as
+# measured, rounded up (one seed moves by up to 0.15x with any change). Before a spent window was paused at (not
+# halved into) and a measure far under the last second's successes was taken for a misreading, the fixed windows
+# took 1.12-2.81x. Sliding windows gained less: a spent sliding window grants again at the client's own rate of a
+# window ago, an echo the measure cannot tell from a token bucket's rate. Since a probe's congested step goes back
+# to the step before (not held until measured), the four-seed means moved by -0.11x to +0.07x (fixed 1.01-1.46x,
+# sliding 1.11-1.73x).
 WINDOWS: Final[dict[str, float]] = {
-    "fixed window R=300 W=0.5s L=20ms N=10R": 1.15,
-    "fixed window R=300 W=0.5s L=100ms N=10R": 1.20,
+    "fixed window R=300 W=0.5s L=20ms N=10R": 1.05,
+    "fixed window R=300 W=0.5s L=100ms N=10R": 1.30,
     "fixed window R=300 W=1s L=20ms N=10R": 1.05,
-    "fixed window R=300 W=1s L=100ms N=10R": 1.25,
-    "fixed window R=1000 W=0.5s L=20ms N=10R": 1.15,
-    "fixed window R=1000 W=0.5s L=100ms N=10R": 1.70,
+    "fixed window R=300 W=1s L=100ms N=10R": 1.15,
+    "fixed window R=1000 W=0.5s L=20ms N=10R": 1.10,
+    "fixed window R=1000 W=0.5s L=100ms N=10R": 1.50,
     "fixed window R=1000 W=1s L=20ms N=10R": 1.15,
-    "fixed window R=1000 W=1s L=100ms N=10R": 1.30,
-    "sliding window R=300 W=0.5s L=20ms N=10R": 1.25,
+    "fixed window R=1000 W=1s L=100ms N=10R": 1.35,
+    "sliding window R=300 W=0.5s L=20ms N=10R": 1.30,
     "sliding window R=300 W=0.5s L=100ms N=10R": 1.30,
-    "sliding window R=300 W=1s L=20ms N=10R": 1.10,
+    "sliding window R=300 W=1s L=20ms N=10R": 1.15,
     "sliding window R=300 W=1s L=100ms N=10R": 1.35,
-    "sliding window R=1000 W=0.5s L=20ms N=10R": 1.35,
+    "sliding window R=1000 W=0.5s L=20ms N=10R": 1.40,
     "sliding window R=1000 W=0.5s L=100ms N=10R": 1.30,
-    "sliding window R=1000 W=1s L=20ms N=10R": 1.70,
+    "sliding window R=1000 W=1s L=20ms N=10R": 1.75,
     "sliding window R=1000 W=1s L=100ms N=10R": 1.35,
 }
+_SEEDS: Final = range(1, 5)
 
 
 @pytest.mark.parametrize("cell", window_cells(), ids=lambda c: c.name)
 def test_a_window_limiter_loses_nothing_and_does_not_collapse(cell: Cell) -> None:
-    result = result_of(cell)
-    assert result.lost == 0
-    assert result.ratio <= WINDOWS[cell.name]
+    results = [result_of(reseeded(cell, seed)) for seed in _SEEDS]
+    assert all(result.lost == 0 for result in results)
+    assert statistics.mean(result.ratio for result in results) <= WINDOWS[cell.name]
 
 
 @pytest.mark.parametrize(("cell", "reference"), tail_cells(), ids=lambda c: c.name)
@@ -256,31 +262,30 @@ def test_a_heavy_tail_of_slow_answers_costs_about_what_it_costs_a_pacer_at_the_t
     assert result.elapsed <= 1.10 * baseline.elapsed
 
 
-# Another user's steady load on the account (Poisson, not retried): the run itself finishes within 1.11x of N over
-# what is left, losing nothing, but the other user's requests are throttled 5-19% (a client paced at 0.98x what is
+# Another user's steady load on the account (Poisson, not retried): the run itself finishes within 1.12x of N over
+# what is left, losing nothing, but the other user's requests are throttled 5-15% (a client paced at 0.98x what is
 # left throttles them under 1%). The measure in a shared dry bucket is the run's own share of its grants, R x r / (r
 # + b), above what is left (R - b) by b x the throttled share; and throttling the run causes and cannot shed with a
-# small nudge is learned as noise. The other user's throttled share, as measured (rounded up; seed 1 only, which
-# moves by a few points with any change: with the paced opening three cells rose by 1-3 points and four fell by
-# 1-4, and over 8 seeds the mean fell in six of eight); the aim is 5%:
+# small nudge is learned as noise. The other user's throttled share, the mean of seeds 1-4 as measured (rounded up;
+# one seed moves by a few points with any change); the aim is 5%:
 BACKGROUND: Final[dict[str, float]] = {
     "background 100/s on R=400 L=20ms": 0.10,
-    "background 200/s on R=400 L=20ms": 0.13,
-    "background 300/s on R=400 L=20ms": 0.15,
-    "background 500/s on R=1000 L=20ms": 0.09,
-    "background 100/s on R=400 L=100ms": 0.04,
-    "background 200/s on R=400 L=100ms": 0.13,
+    "background 200/s on R=400 L=20ms": 0.11,
+    "background 300/s on R=400 L=20ms": 0.13,
+    "background 500/s on R=1000 L=20ms": 0.07,
+    "background 100/s on R=400 L=100ms": 0.08,
+    "background 200/s on R=400 L=100ms": 0.10,
     "background 300/s on R=400 L=100ms": 0.12,
-    "background 500/s on R=1000 L=100ms": 0.08,
+    "background 500/s on R=1000 L=100ms": 0.07,
 }
 
 
 @pytest.mark.parametrize("cell", background_cells(), ids=lambda c: c.name)
 def test_a_steady_load_from_another_user_of_the_account(cell: Cell) -> None:
-    result = result_of(cell)
-    assert result.counts == {"accepted": cell.nodes}
-    assert result.ratio <= 1.15
-    assert result.others_share <= BACKGROUND[cell.name]
+    results = [result_of(reseeded(cell, seed)) for seed in _SEEDS]
+    assert all(result.counts == {"accepted": cell.nodes} for result in results)
+    assert max(result.ratio for result in results) <= 1.15
+    assert statistics.mean(result.others_share for result in results) <= BACKGROUND[cell.name]
 
 
 def test_max_rate_is_a_ceiling() -> None:
