@@ -73,6 +73,11 @@ def reseeded(cell: Cell, seed: int) -> Cell:
     return dataclasses.replace(cell, name=f"{cell.name} seed {seed}", model=dataclasses.replace(cell.model, seed=seed))
 
 
+def results_over(cell: Cell, seeds: range) -> list[Result]:
+    """The cell's runs at each of ``seeds`` (at its own seed, the run the single-seed tests share)."""
+    return [result_of(cell if seed == cell.model.seed else reseeded(cell, seed)) for seed in seeds]
+
+
 def bucket_targets(cell: Cell) -> tuple[float, float]:
     if cell.name in GAPS:
         return GAPS[cell.name]
@@ -122,7 +127,7 @@ def test_a_drain_does_not_take_a_wait_in_its_own_sending_for_the_services_rate()
     outpaced by the client's sending in each half of its span, is dropped for the guess: 1.62x at worst, 1.39x.
     """
     cell = next(c for c in bucket_cells() if c.name == "bucket R=50 B=5 L=150ms N=3R")
-    ratios = [result_of(reseeded(cell, seed)).ratio for seed in range(1, 9)]
+    ratios = [result.ratio for result in results_over(cell, range(1, 9))]
     assert max(ratios) <= 1.65
     assert statistics.mean(ratios) <= 1.40
 
@@ -143,11 +148,11 @@ def test_a_stall_in_the_answers_costs_about_its_time(seed: int) -> None:
 @pytest.mark.parametrize("latency", [0.02, 0.15])
 def test_a_limit_that_moves_is_followed(latency: float) -> None:
     """600 -> 150 at 5 s -> 600 at 15 s: near the piecewise ideal, and the rate follows each change within 2 s."""
-    result = result_of(shift_cell(latency))
+    results = results_over(shift_cell(latency), range(1, 6))
+    result = results[0]
     assert result.lost == 0
     # Where the rise at 15 s meets the cruise-and-probe cycle moves the time by up to 0.08x at 150 ms (16 seeds:
     # mean 1.15x, worst 1.21x): the median of five seeds is held to the target, each run to the worst seen.
-    results = [result] + [result_of(reseeded(shift_cell(latency), seed)) for seed in range(2, 6)]
     ratios = [r.ratio for r in results]
     assert statistics.median(ratios) <= 1.15
     assert max(ratios) <= 1.20
@@ -167,7 +172,7 @@ def test_a_limit_that_moves_is_followed(latency: float) -> None:
 @pytest.mark.parametrize("latency", [0.02, 0.1])
 def test_clients_sharing_an_account(latency: float) -> None:
     """Four clients on one bucket of 400/s finish together close to the ideal, each finding its share alone."""
-    results = [result_of(reseeded(shared_cell(latency), seed)) for seed in range(1, 9)]
+    results = results_over(shared_cell(latency), range(1, 9))
     assert all(result.lost == 0 for result in results)
     # Targets 1.15x, 5% and a spread of 1.2; reached over these 8 seeds (mean time and share, median spread): 1.16x /
     # 9.9% / 1.38 at 20 ms (over 48 seeds a median spread of 1.31), 1.17x / 10.1% / 1.23 at 100 ms. One seed's spread
@@ -243,7 +248,7 @@ _SEEDS: Final = range(1, 5)
 
 @pytest.mark.parametrize("cell", window_cells(), ids=lambda c: c.name)
 def test_a_window_limiter_loses_nothing_and_does_not_collapse(cell: Cell) -> None:
-    results = [result_of(reseeded(cell, seed)) for seed in _SEEDS]
+    results = results_over(cell, _SEEDS)
     assert all(result.lost == 0 for result in results)
     assert statistics.mean(result.ratio for result in results) <= WINDOWS[cell.name]
 
@@ -282,7 +287,7 @@ BACKGROUND: Final[dict[str, float]] = {
 
 @pytest.mark.parametrize("cell", background_cells(), ids=lambda c: c.name)
 def test_a_steady_load_from_another_user_of_the_account(cell: Cell) -> None:
-    results = [result_of(reseeded(cell, seed)) for seed in _SEEDS]
+    results = results_over(cell, _SEEDS)
     assert all(result.counts == {"accepted": cell.nodes} for result in results)
     assert max(result.ratio for result in results) <= 1.15
     assert statistics.mean(result.others_share for result in results) <= BACKGROUND[cell.name]
