@@ -626,13 +626,13 @@ class Drive:
         """The modes the controller went through, in order (each once per stay)."""
         return [mode for mode, _ in itertools.groupby(mode for _, mode, _ in self.trace)]
 
+    def marked(self) -> list[tuple[float, str, float, bool]]:
+        """The trace's entries, each with whether it was a cruise at a guess."""
+        return [(when, mode, rate, guess) for (when, mode, rate), guess in zip(self.trace, self.guessed, strict=True)]
+
     def cruises(self, since: float) -> list[float]:
         """The measured rates the controller cruised at from ``since`` on (not the guesses a measure replaced)."""
-        return [
-            rate
-            for (when, mode, rate), guess in zip(self.trace, self.guessed, strict=True)
-            if when >= since and mode == "cruise" and not guess
-        ]
+        return [rate for when, mode, rate, guess in self.marked() if when >= since and mode == "cruise" and not guess]
 
     def per_second(self, start: int, end: int, *, granted: bool = False) -> list[int]:
         """Requests sent (or, ``granted``, successes answered) in each whole second from ``start`` to ``end``."""
@@ -643,8 +643,7 @@ class Drive:
         """Each probe: the cruise before it, its steps, and the measured cruise after (past a step back to a guess)."""
         result: list[list[float]] = []
         climbing: list[float] = []
-        entries = zip(self.trace, self.guessed, strict=True)
-        for ((_, _, r0), _), ((_, mode, r1), guess) in itertools.pairwise(entries):
+        for (_, _, r0, _), (_, mode, r1, guess) in itertools.pairwise(self.marked()):
             if mode == "probe":
                 climbing = climbing or [r0]
                 climbing.append(r1)
@@ -902,11 +901,7 @@ def test_a_guess_probe_holds_the_step_that_met_the_limit_until_it_is_measured(
     modes = run.modes()
     assert modes[:4] == ["startup", "drain", "cruise", "probe"]
     probe = next(t for t, mode, _ in run.trace if mode == "probe")
-    after = next(
-        t
-        for (t, mode, _), guess in zip(run.trace, run.guessed, strict=True)
-        if t > probe and mode == "cruise" and not guess
-    )
+    after = next(t for t, mode, _, guess in run.marked() if t > probe and mode == "cruise" and not guess)
     assert max(r for t, _, r in run.trace if probe <= t <= after) <= 1.8 * rate
     assert 0.9 * rate <= run.rate_at(after) <= 1.02 * rate
 
@@ -1023,7 +1018,7 @@ def test_a_probe_step_that_meets_throttling_steps_back_before_it_is_measured(
         sent = [t for t in run.sends if t >= 3.0]
         granted = [t for t in run.oks if t >= 3.0 + latency]
         assert (len(sent) - len(granted)) / len(sent) < bound
-        assert any(guess for (t, _, _), guess in zip(run.trace, run.guessed, strict=True) if t >= 3.0)
+        assert any(guess for t, _, _, guess in run.marked() if t >= 3.0)
 
 
 @pytest.mark.parametrize(("latency", "slots"), [(0.02, 16), (0.1, 32)])
